@@ -1,0 +1,1 @@
+"""Connection-health monitor for FastAPI + SQLAlchemy + PostgreSQL."""

@@ -1,0 +1,91 @@
+"""`create_app(settings)`: the one place where the app, its database and the monitor are wired."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.pool import NullPool
+
+from monitor.demo.db import SchemaGate, make_engine, make_session_factory
+from monitor.demo.routes import products, users
+from monitor.embedded import EmbeddedPostgres
+from monitor.errors import install_error_handlers
+from monitor.settings import Settings
+from monitor.urls import app_url, mask_url
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the demo app; the database (embedded when DATABASE_URL is unset) starts in the lifespan."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded: EmbeddedPostgres | None = None
+        if settings.database_url:
+            url = app_url(settings.database_url)
+        else:
+            embedded = EmbeddedPostgres(settings.embedded_data_dir)
+            url = embedded.start()
+            log.info("embedded PostgreSQL ready in %s", settings.embedded_data_dir)
+        log.info("database: %s", mask_url(url))
+        engine = make_engine(settings, url)
+        app.state.engine = engine
+        app.state.session_factory = make_session_factory(engine)
+        app.state.schema = SchemaGate(engine)
+        app.state.readiness_engine = _readiness_engine(url)
+        app.state.schema.ensure(quiet=True)
+        try:
+            yield
+        finally:
+            engine.dispose()
+            app.state.readiness_engine.dispose()
+            if embedded is not None:
+                embedded.close()
+
+    app = FastAPI(title="pool-monitor demo app", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_host_list)
+    install_error_handlers(app)
+    app.include_router(products)
+    app.include_router(users)
+    _add_health_routes(app)
+    return app
+
+
+def _readiness_engine(url: URL) -> Engine:
+    """A connection per readiness check, outside the app pool, so an exhausted pool stays 'ready'."""
+    return create_engine(
+        url,
+        poolclass=NullPool,
+        connect_args={"connect_timeout": 2, "application_name": "pool-monitor-readyz"},
+    )
+
+
+def _add_health_routes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers; never touches the database."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "Database unreachable"}})
+    def readyz(request: Request) -> JSONResponse:
+        """Readiness: the database answers a trivial query within two seconds."""
+        try:
+            with request.app.state.readiness_engine.connect() as conn:
+                conn.execute(text("SET statement_timeout = 2000"))
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse(
+                {"status": "unavailable", "detail": f"database unreachable ({type(exc).__name__})"},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready"})

@@ -1,0 +1,104 @@
+"""Shared fixtures: a real PostgreSQL for every test (DATABASE_URL, else the embedded server)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
+
+from monitor.app import create_app
+from monitor.embedded import EmbeddedPostgres
+from monitor.settings import Settings
+
+STRICT = os.environ.get("MONITOR_TEST_STRICT") == "1"
+
+
+def require_tool(name: str) -> str:
+    """Path of an executable; skip without it locally, fail in CI (MONITOR_TEST_STRICT=1)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed"
+        if STRICT:
+            pytest.fail(message + " (MONITOR_TEST_STRICT=1)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """An embedded PostgreSQL 18 of this test session, in a temporary data directory."""
+    # A short path keeps the Unix socket path under the 107-byte limit.
+    data_dir = Path("/tmp") / f"pm-pg-{uuid.uuid4().hex[:8]}"
+    server = EmbeddedPostgres(data_dir)
+    server.start()
+    yield server
+    server.close()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(request: pytest.FixtureRequest) -> URL:
+    """The server under test: DATABASE_URL when set (CI: local PostgreSQL 15), else embedded."""
+    raw = os.environ.get("DATABASE_URL")
+    if raw:
+        return make_url(raw).set(drivername="postgresql+psycopg2")
+    server: EmbeddedPostgres = request.getfixturevalue("embedded_pg")
+    return server.url()
+
+
+@pytest.fixture(params=["configured", "embedded"])
+def any_database_url(request: pytest.FixtureRequest) -> URL:
+    """Runs a test on both servers: the configured one (PG 15 in CI) and the embedded PG 18."""
+    if request.param == "embedded":
+        server: EmbeddedPostgres = request.getfixturevalue("embedded_pg")
+        return server.url()
+    url: URL = request.getfixturevalue("database_url")
+    return url
+
+
+@pytest.fixture
+def schema_url(database_url: URL) -> Iterator[URL]:
+    """A fresh schema for one test, reached through `search_path`; dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = database_url.update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def url_string(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def app_settings(schema_url: URL) -> Settings:
+    """Settings for an app on its own schema; the probe and leak check run fast in tests."""
+    return Settings(
+        database_url=url_string(schema_url),
+        probe_interval_s=0.5,
+        leak_threshold_s=1.0,
+        slow_query_s=0.2,
+        pool_size=3,
+        max_overflow=2,
+        pool_timeout_s=1.0,
+    )
+
+
+@pytest.fixture
+def client(app_settings: Settings) -> Iterator[TestClient]:
+    """A running app (lifespan entered); every test leaves the pool with nothing checked out."""
+    app = create_app(app_settings)
+    with TestClient(app) as test_client:
+        yield test_client
+        assert app.state.engine.pool.checkedout() == 0, "a connection was left checked out"
