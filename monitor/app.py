@@ -17,8 +17,10 @@ from monitor.demo.db import SchemaGate, make_engine, make_session_factory
 from monitor.demo.routes import products, users
 from monitor.embedded import EmbeddedPostgres
 from monitor.errors import install_error_handlers
+from monitor.pool_monitor import PoolMonitor
 from monitor.settings import Settings
 from monitor.urls import app_url, mask_url
+from monitor.web.install import add_monitor_routes
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_factory = make_session_factory(engine)
         app.state.schema = SchemaGate(engine)
         app.state.readiness_engine = _readiness_engine(url)
+        monitor = _attach_monitor(app, settings, engine, "embedded" if embedded else "DATABASE_URL")
         app.state.schema.ensure(quiet=True)
         try:
             yield
         finally:
+            if monitor is not None:
+                monitor.detach()
             engine.dispose()
             app.state.readiness_engine.dispose()
             if embedded is not None:
@@ -57,8 +62,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(products)
     app.include_router(users)
+    if settings.enabled:
+        add_monitor_routes(app)
     _add_health_routes(app)
     return app
+
+
+def _attach_monitor(
+    app: FastAPI, settings: Settings, engine: Engine, url_source: str
+) -> PoolMonitor | None:
+    if not settings.enabled:
+        return None
+    monitor = PoolMonitor(
+        engine,
+        leak_threshold_s=settings.leak_threshold_s,
+        slow_query_s=settings.slow_query_s,
+        probe_interval_s=settings.probe_interval_s,
+        probe_timeout_s=settings.probe_timeout_s,
+        dashboard_token=settings.dashboard_token,
+        url_source=url_source,
+    )
+    app.state.pool_monitor = monitor
+    monitor.start()
+    return monitor
 
 
 def _readiness_engine(url: URL) -> Engine:

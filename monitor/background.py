@@ -1,0 +1,49 @@
+"""Background work of a started monitor: the server probe and the leak sweep, on one scheduler."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from monitor.probes.runner import ServerProbe
+from monitor.probes.scheduler import start_scheduler, stop_scheduler
+
+if TYPE_CHECKING:
+    from monitor.pool_monitor import PoolMonitor
+
+PROBE_APPLICATION_NAME = "pool-monitor-probe"
+
+
+class Background:
+    def __init__(self, monitor: PoolMonitor) -> None:
+        self._monitor = monitor
+        self._probe: ServerProbe | None = None
+        self._scheduler: Any = None
+
+    def start(self) -> None:
+        monitor = self._monitor
+        jobs = [("leak-sweep", self.sweep, min(1.0, monitor.tracker.leak_threshold_s / 4))]
+        if monitor.probe_enabled:
+            self._probe = ServerProbe(
+                monitor.engine.url,
+                monitor.server_health,
+                timeout_s=monitor.probe_timeout_s,
+                application_name=PROBE_APPLICATION_NAME,
+            )
+            jobs.insert(0, ("server-probe", self._probe_then_sweep, monitor.probe_interval_s))
+        self._scheduler = start_scheduler(jobs)
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            stop_scheduler(self._scheduler)
+            self._scheduler = None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+    def sweep(self) -> None:
+        self._monitor.tracker.sweep(self._monitor.server_states())
+
+    def _probe_then_sweep(self) -> None:
+        assert self._probe is not None
+        self._probe.run_once()
+        self.sweep()  # classify new leaks with the freshest server view

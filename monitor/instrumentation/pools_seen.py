@@ -1,0 +1,41 @@
+"""How many connection pools this process has opened (the guide: one engine per app).
+
+A class-level `first_connect` listener fires once per pool, so it costs nothing per checkout.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
+
+_pools: weakref.WeakSet[Any] = weakref.WeakSet()
+_lock = threading.Lock()
+_installed = False
+
+
+def _on_first_connect(dbapi_connection: Any, record: Any) -> None:
+    try:
+        pool = getattr(record, "_ConnectionRecord__pool", None)
+        if pool is not None:
+            _pools.add(pool)
+    except Exception:
+        pass
+
+
+def watch_pools(current: Pool) -> None:
+    """Start counting pools (idempotent); `current` is counted even if it connected already."""
+    global _installed
+    with _lock:
+        if not _installed:
+            event.listen(Pool, "first_connect", _on_first_connect)
+            _installed = True
+        _pools.add(current)
+
+
+def pools_observed() -> int:
+    """Live pools that have connected at least once (disposed ones drop out with their objects)."""
+    return sum(1 for pool in list(_pools) if pool.checkedin() or pool.checkedout())

@@ -1,0 +1,188 @@
+"""`PoolMonitor`: the public entry point that attaches the monitor to one engine and one app."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sysconfig
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from monitor.instrumentation.pool_listeners import PoolListeners
+from monitor.instrumentation.pool_stats import read_pool_stats
+from monitor.instrumentation.pools_seen import pools_observed, watch_pools
+from monitor.instrumentation.statements import StatementListeners
+from monitor.state.records import PoolSnapshot, PoolStats, to_dict
+from monitor.state.server import ServerHealth, ServerHealthSnapshot
+from monitor.state.sites import SiteCapture
+from monitor.state.tracker import PoolTracker
+from monitor.state.view import LOCAL_HOSTS, AppInfo, MonitorView, build_view
+from monitor.urls import mask_url
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("monitor")
+
+
+def _library_prefixes() -> tuple[str, ...]:
+    """Frames from these directories are not 'the line of code that took the connection'."""
+    import sqlalchemy
+
+    here = Path(__file__).resolve().parent
+    prefixes = {
+        str(Path(sqlalchemy.__file__).resolve().parent),
+        str(here / "instrumentation"),
+        str(here / "state"),
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["purelib"] + os.sep + "starlette",
+        sysconfig.get_paths()["purelib"] + os.sep + "fastapi",
+        sysconfig.get_paths()["purelib"] + os.sep + "anyio",
+    }
+    return tuple(sorted(prefixes))
+
+
+class PoolMonitor:
+    """Watches one SQLAlchemy engine (sync `Engine` or `AsyncEngine`); listeners attach at once,
+    the server probe runs while `start()`ed (or inside the app lifespan after `install(app)`)."""
+
+    def __init__(
+        self,
+        engine: Engine | AsyncEngine,
+        *,
+        leak_threshold_s: float = 10.0,
+        slow_query_s: float = 0.5,
+        probe_interval_s: float = 5.0,
+        probe_timeout_s: float = 2.0,
+        pool_name: str | None = None,
+        capture_sites: bool = True,
+        probe: bool = True,
+        dashboard_token: str | None = None,
+        url_source: str = "engine",
+    ) -> None:
+        for name, value in (
+            ("leak_threshold_s", leak_threshold_s),
+            ("slow_query_s", slow_query_s),
+            ("probe_interval_s", probe_interval_s),
+            ("probe_timeout_s", probe_timeout_s),
+        ):
+            if not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        self.engine: Engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        self.is_async = isinstance(engine, AsyncEngine)
+        self.pool_name = pool_name or self.engine.pool.logging_name or "default"
+        self.probe_interval_s = float(probe_interval_s)
+        self.probe_timeout_s = float(probe_timeout_s)
+        self.probe_enabled = probe
+        self.dashboard_token = dashboard_token
+        self.tracker = PoolTracker(
+            self.pool_name,
+            leak_threshold_s=float(leak_threshold_s),
+            slow_query_s=float(slow_query_s),
+        )
+        capture = SiteCapture(_library_prefixes()) if capture_sites else None
+        self._pool_listeners = PoolListeners(self.tracker, capture)
+        self._statement_listeners = StatementListeners(self.tracker)
+        self._pool_listeners.attach(self.engine)
+        self._statement_listeners.attach(self.engine)
+        self.server_health = ServerHealth()
+        self.url_source = url_source
+        watch_pools(self.engine.pool)
+        self._attached = True
+        self._background: Any = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the periodic leak sweep and (unless disabled) the server probe."""
+        from monitor.background import Background
+
+        if self._background is None:
+            self._background = Background(self)
+            self._background.start()
+
+    def stop(self) -> None:
+        if self._background is not None:
+            self._background.stop()
+            self._background = None
+
+    def detach(self) -> None:
+        """Stop background work and remove every listener and wrapper from the engine."""
+        self.stop()
+        if self._attached:
+            self._pool_listeners.detach()
+            self._statement_listeners.detach()
+            self._attached = False
+
+    def install(self, app: FastAPI) -> None:
+        """Attribution middleware, /monitor routes, /metrics, and background work in the lifespan."""
+        from monitor.web.install import install_monitor
+
+        install_monitor(app, self)
+        original = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(inner_app: Any) -> AsyncIterator[Any]:
+            self.start()
+            try:
+                async with original(inner_app) as state:
+                    yield state
+            finally:
+                self.stop()
+
+        app.router.lifespan_context = _typed_lifespan(lifespan)
+
+    # ---- readers -----------------------------------------------------------------------------
+
+    def pool_stats(self) -> PoolStats:
+        return read_pool_stats(self.engine)
+
+    def pool_snapshot(self) -> PoolSnapshot:
+        return self.tracker.snapshot(self.server_states())
+
+    def view(self) -> MonitorView:
+        """Pool and server joined, capacity and rule verdicts: what every reader shows."""
+        health = self.server_health.snapshot()
+        pool = self.tracker.snapshot(_states(health))
+        url = self.engine.url
+        host = url.host or ""
+        app = AppInfo(
+            database=mask_url(url),
+            url_source=self.url_source,
+            host_is_local=host in LOCAL_HOSTS or host.startswith("/") or "host" in url.query,
+            sslmode=_sslmode(url.query.get("sslmode")),
+            pools_observed=pools_observed(),
+        )
+        return build_view(pool, self.pool_stats(), health, app)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The data of `/monitor/api/snapshot`: plain, JSON-serialisable."""
+        result: dict[str, Any] = to_dict(self.view())
+        return result
+
+    def server_states(self) -> dict[int, str | None] | None:
+        """pid -> pg_stat_activity.state from the last successful probe (None when stale)."""
+        return _states(self.server_health.snapshot())
+
+
+def _states(health: ServerHealthSnapshot) -> dict[int, str | None] | None:
+    if not health.up or health.last_sample is None:
+        return None
+    return {backend.pid: backend.state for backend in health.last_sample.backends}
+
+
+def _sslmode(value: object) -> str | None:
+    if isinstance(value, tuple):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
+def _typed_lifespan(
+    factory: Callable[[Any], AbstractAsyncContextManager[Any]],
+) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
+    return factory

@@ -1,0 +1,264 @@
+"""The server probe: one dedicated connection, bounded in time, at most one probe in flight.
+
+It never borrows from the application's pool, so an exhausted pool or a locked table cannot
+blind it; every failure is recorded in `ServerHealth`, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from monitor.probes.activity import fetch_activity
+from monitor.probes.settings import fetch_settings
+from monitor.state.server import ServerHealth, ServerSample, ServerSettings, short_error
+from monitor.urls import sync_psycopg2_url
+
+log = logging.getLogger(__name__)
+
+SETTINGS_REFRESH_S = 60.0
+# libpq reads connect_timeout in whole seconds and treats anything below 2 as 2.
+MIN_CONNECT_TIMEOUT_S = 2
+
+
+class ServerProbe:
+    """Samples pg_stat_activity and pg_settings on its own connection into a ServerHealth."""
+
+    def __init__(
+        self,
+        url: str | URL,
+        health: ServerHealth,
+        *,
+        timeout_s: float = 2.0,
+        application_name: str = "pool-monitor-probe",
+        settings_refresh_s: float = SETTINGS_REFRESH_S,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.health = health
+        self.timeout_s = timeout_s
+        self.application_name = application_name
+        # The server gives up first (statement, lock), the client-side deadline is the backstop.
+        self.statement_timeout_ms = max(1, round(timeout_s * 250))
+        self.lock_timeout_ms = max(1, round(timeout_s * 100))
+        self._settings_refresh_s = settings_refresh_s
+        self._clock = clock
+        self._monotonic = monotonic
+        self._in_flight = threading.Lock()
+        self._closed = False
+        self._connects = 0
+        self._last_attempt_reused = False
+        self._deadline: _SocketDeadline | None = None
+        self._settings: ServerSettings | None = None
+        self._settings_read_at = 0.0
+        self._engine = create_engine(
+            sync_psycopg2_url(url),
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=timeout_s,
+            pool_reset_on_return="rollback",
+            hide_parameters=True,
+            connect_args=self._connect_args(),
+        )
+        event.listen(self._engine, "connect", self._on_connect)
+
+    @property
+    def engine(self) -> Engine:
+        """The probe's private engine (diagnostics and tests; never the application's)."""
+        return self._engine
+
+    def run_once(self) -> None:
+        """Probe the server once and record the outcome; skips if a probe is still running."""
+        if self._closed:
+            return
+        if not self._in_flight.acquire(blocking=False):
+            self.health.record_skipped()
+            return
+        try:
+            if not self._closed:
+                self._run()
+        finally:
+            self._in_flight.release()
+
+    def record_skipped(self) -> None:
+        """Count a tick the scheduler dropped because the previous probe was still running."""
+        self.health.record_skipped()
+
+    def close(self) -> None:
+        """Stop probing and close the connection (waits briefly for a probe in flight)."""
+        self._closed = True
+        acquired = self._in_flight.acquire(timeout=self.timeout_s + MIN_CONNECT_TIMEOUT_S + 1)
+        try:
+            self._engine.dispose()
+        finally:
+            if acquired:
+                self._in_flight.release()
+
+    def _connect_args(self) -> dict[str, Any]:
+        idle_s = max(1, math.ceil(self.timeout_s))
+        return {
+            "application_name": self.application_name,
+            "connect_timeout": max(MIN_CONNECT_TIMEOUT_S, math.ceil(self.timeout_s)),
+            # A peer that vanished is noticed by TCP too (ignored on Unix sockets).
+            "keepalives": 1,
+            "keepalives_idle": idle_s,
+            "keepalives_interval": 1,
+            "keepalives_count": 2,
+            "tcp_user_timeout": round(self.timeout_s * 1000),
+        }
+
+    def _on_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        # SET rather than startup `options`: pg_settings.reset_val then still shows the
+        # server's own statement_timeout, which the settings probe reports.
+        self._connects += 1
+        if self._deadline is not None:
+            self._deadline.attach(dbapi_connection)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(
+                f"SET statement_timeout = {self.statement_timeout_ms}; "
+                f"SET lock_timeout = {self.lock_timeout_ms}"
+            )
+        finally:
+            cursor.close()
+        dbapi_connection.commit()  # psycopg2 opened a transaction; keep the SETs
+
+    def _run(self) -> None:
+        started = self._monotonic()
+        taken_at = self._clock()
+        deadline = self._deadline = _SocketDeadline(self.timeout_s)
+        try:
+            try:
+                sample = self._attempt(started, taken_at, deadline)
+            except DBAPIError as exc:
+                # A pooled connection the server dropped (restart, idle_session_timeout) says
+                # nothing about the server now: try once on a fresh connection.
+                reused_dead = exc.connection_invalidated and self._last_attempt_reused
+                in_time = self._monotonic() - started < self.timeout_s / 2
+                if not (reused_dead and in_time and not deadline.fired):
+                    raise
+                sample = self._attempt(started, taken_at, deadline)
+        except Exception as exc:
+            duration_s = self._monotonic() - started
+            self.health.record_failure(describe_error(exc), duration_s)
+            log.debug("server probe failed after %.3f s: %s", duration_s, describe_error(exc))
+            return
+        finally:
+            deadline.close()
+            self._deadline = None
+        self.health.record_success(sample)
+
+    def _attempt(self, started: float, taken_at: float, deadline: _SocketDeadline) -> ServerSample:
+        connects_before = self._connects
+        self._last_attempt_reused = False
+        with self._engine.connect() as conn:
+            fresh = self._connects != connects_before
+            self._last_attempt_reused = not fresh
+            if not fresh:  # a new connection was attached by the connect event already
+                deadline.attach(conn.connection.dbapi_connection)
+            try:
+                settings = self._current_settings(conn, fresh)
+                activity = fetch_activity(conn)
+                conn.rollback()
+            except BaseException:
+                conn.invalidate()  # whatever went wrong, the next probe starts on a new session
+                raise
+        return ServerSample(
+            taken_at=taken_at,
+            duration_s=self._monotonic() - started,
+            database=activity.database,
+            backends=activity.backends,
+            total_client_sessions=activity.total_client_sessions,
+            settings=settings,
+        )
+
+    def _current_settings(self, conn: Connection, fresh_connection: bool) -> ServerSettings:
+        now = self._monotonic()
+        stale = now - self._settings_read_at >= self._settings_refresh_s
+        # A new connection may mean a restarted server with a new configuration.
+        if self._settings is None or stale or fresh_connection:
+            self._settings = fetch_settings(conn)
+            self._settings_read_at = now
+        return self._settings
+
+
+class _SocketDeadline:
+    """Client-side deadline: shuts the probe's socket down when the server stops answering.
+
+    statement_timeout is enforced by the server, so it cannot end a wait on a half-open
+    connection; shutting a duplicate of the socket down makes libpq's blocked read fail.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer: threading.Timer | None = None
+        self._done = False
+        self.fired = False
+
+    def attach(self, dbapi_connection: Any) -> None:
+        """Watch this connection's socket; the clock starts at the first attach."""
+        try:
+            # A duplicate of our own: libpq may close its descriptor (and the number be
+            # reused) while the timer runs; the duplicate keeps pointing at this socket.
+            watched = socket.socket(fileno=os.dup(dbapi_connection.fileno()))
+        except Exception:
+            return  # no socket to watch (already closed): nothing can hang on it
+        with self._lock:
+            if self._done:
+                watched.close()
+                return
+            self._sockets.append(watched)
+            if self.fired:
+                _shutdown(watched)
+            elif self._timer is None:
+                self._timer = threading.Timer(self._timeout_s, self._fire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._done = True
+            if self._timer is not None:
+                self._timer.cancel()
+            for watched in self._sockets:
+                watched.close()
+            self._sockets.clear()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            for watched in self._sockets:
+                _shutdown(watched)
+
+
+def _shutdown(watched: socket.socket) -> None:
+    try:
+        watched.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already disconnected
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, secret-free description: the driver's first line, without SQL or URLs."""
+    original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    message = str(original).split(" (Background on this error at:", 1)[0]
+    message = message.split("[SQL:", 1)[0]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    return short_error(f"{type(original).__name__}: {first}" if first else type(original).__name__)

@@ -1,0 +1,1 @@
+"""The pure model at the centre: records, trackers, verdicts. Standard library only."""

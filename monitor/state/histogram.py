@@ -1,0 +1,82 @@
+"""Cumulative histograms filled in batches: the hot path only appends a float to a deque."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# OpenTelemetry's advice for db.client.connection.* durations, in seconds.
+DURATION_BUCKETS_S: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+
+# Pending samples are folded into the buckets once this many accumulate (or at every read).
+_FOLD_AT = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """Cumulative counts per upper bound (the last bound is +Inf), plus sum and count."""
+
+    bounds: tuple[float, ...]
+    cumulative_counts: tuple[int, ...]
+    sum: float
+    count: int
+
+    def quantile(self, q: float) -> float | None:
+        """Upper bound of the bucket holding quantile q (coarse, like Prometheus' estimate)."""
+        if self.count == 0:
+            return None
+        rank = q * self.count
+        for bound, cumulative in zip(self.bounds, self.cumulative_counts, strict=True):
+            if cumulative >= rank:
+                return bound
+        return self.bounds[-1]
+
+
+class Histogram:
+    """Thread-safe: `observe` is a deque append; folding into buckets happens under a lock."""
+
+    def __init__(self, buckets: Sequence[float] = DURATION_BUCKETS_S) -> None:
+        self._bounds = tuple(sorted(buckets))
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+        self._pending: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        self._pending.append(value)
+        if len(self._pending) > _FOLD_AT:
+            self._fold()
+
+    def snapshot(self) -> HistogramSnapshot:
+        with self._lock:
+            self._fold_locked()
+            cumulative: list[int] = []
+            running = 0
+            for count in self._counts:
+                running += count
+                cumulative.append(running)
+            return HistogramSnapshot(
+                bounds=(*self._bounds, float("inf")),
+                cumulative_counts=tuple(cumulative),
+                sum=self._sum,
+                count=running,
+            )
+
+    def _fold(self) -> None:
+        with self._lock:
+            self._fold_locked()
+
+    def _fold_locked(self) -> None:
+        pending = self._pending
+        bounds = self._bounds
+        counts = self._counts
+        while True:
+            try:
+                value = pending.popleft()
+            except IndexError:
+                return
+            counts[bisect.bisect_left(bounds, value)] += 1
+            self._sum += value

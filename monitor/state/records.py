@@ -1,0 +1,171 @@
+"""Plain-data records the tracker hands to readers; JSON-serialisable through `to_dict`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from monitor.state.histogram import HistogramSnapshot
+from monitor.state.holders import Holder
+from monitor.state.sites import Frame
+
+
+class LeakClass(StrEnum):
+    """What a connection held past the leak threshold is doing, from the server's view."""
+
+    IDLE_IN_TRANSACTION = "idle_in_transaction"  # forgotten session: holds locks, pins xmin
+    IDLE = "idle"  # held with no work (across an await, an HTTP call, a forgotten close)
+    ACTIVE = "active"  # a long query: slow rather than leaked
+    UNKNOWN = "unknown"  # no server data for it (yet)
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    at: float  # wall clock
+    kind: str  # connect, checkout, checkin, reset, invalidate, soft_invalidate, close, detach
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionView:
+    """One connection of the pool as readers see it."""
+
+    slot_id: int
+    pid: int | None
+    connected_at: float  # wall clock
+    checked_out: bool
+    checked_out_at: float | None
+    held_for_s: float | None
+    holder: Holder | None
+    site: tuple[Frame, ...]
+    checkouts: int
+    leak_class: LeakClass | None
+    history: tuple[LifecycleEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LeakRecord:
+    slot_id: int
+    pid: int | None
+    holder: Holder | None
+    site: tuple[Frame, ...]
+    leak_class: LeakClass
+    detected_at: float
+    held_for_s: float  # at detection, or until resolution once resolved
+    resolved_at: float | None = None
+    how_resolved: str | None = None  # returned, gc_reclaimed, invalidated, detached
+
+
+@dataclass(frozen=True, slots=True)
+class GcReclaim:
+    at: float
+    slot_id: int
+    holder: Holder | None
+    site: tuple[Frame, ...]
+    held_for_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTimeoutRecord:
+    """Who held every connection when a checkout timed out."""
+
+    at: float
+    waited_s: float
+    holders: tuple[ConnectionView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SlowQueryGroup:
+    fingerprint: str
+    statement: str  # normalised: literals and parameters never kept
+    count: int
+    total_s: float
+    max_s: float
+    last_seen_at: float
+    last_route: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MultiConnectionRequest:
+    at: float
+    route: str
+    request_id: str
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCounters:
+    checkouts: int
+    connects: int
+    invalidations_hard: int
+    invalidations_soft: int
+    closes: int
+    detaches: int
+    gc_reclaimed: int
+    timeouts: int
+    slow_queries: int
+    statement_errors: int
+    resets_with_rollback: int
+    multi_connection_requests: int
+    leaks_by_class: dict[str, int]
+    listener_errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSnapshot:
+    """Everything the tracker knows about one pool, at one instant."""
+
+    pool_name: str
+    taken_at: float
+    leak_threshold_s: float
+    slow_query_s: float
+    connections: tuple[ConnectionView, ...]
+    checked_out: int
+    pending_requests: int
+    counters: PoolCounters
+    wait_time: HistogramSnapshot
+    use_time: HistogramSnapshot
+    create_time: HistogramSnapshot
+    leaks: tuple[LeakRecord, ...]  # current suspects, oldest first
+    resolved_leaks: tuple[LeakRecord, ...]  # most recent first
+    gc_reclaims: tuple[GcReclaim, ...]
+    timeouts: tuple[PoolTimeoutRecord, ...]
+    slow_queries: tuple[SlowQueryGroup, ...]  # slowest total first
+    multi_connection_requests: tuple[MultiConnectionRequest, ...]
+    events: tuple[LifecycleEvent, ...]  # pool-wide notable events, most recent first
+
+
+def to_dict(record: Any) -> Any:
+    """Plain JSON-ready structure of any record (dataclasses, enums, tuples, floats)."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {
+            field.name: to_dict(getattr(record, field.name)) for field in dataclasses.fields(record)
+        }
+    if isinstance(record, StrEnum):
+        return record.value
+    if isinstance(record, dict):
+        return {str(key): to_dict(value) for key, value in record.items()}
+    if isinstance(record, list | tuple):
+        return [to_dict(item) for item in record]
+    if isinstance(record, float) and record == float("inf"):
+        return "+Inf"
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """The pool's own introspection, read at snapshot time (never kept by +1/-1 on events)."""
+
+    pool_class: str
+    size: int  # pool_size: connections kept open
+    max_overflow: int
+    max_connections: int  # size + max_overflow: the pool's worst case
+    checked_out: int
+    checked_in: int
+    overflow: int  # connections beyond pool_size right now (clamped at 0)
+    timeout_s: float | None
+    recycle_s: float | None
+    pre_ping: bool
+    echo: bool

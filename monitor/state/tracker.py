@@ -1,0 +1,522 @@
+"""The pool tracker: every connection of one pool, who holds it, leaks, timeouts and slow queries.
+
+Hot-path methods (`checkout`, `checkin`, `reset`) do only attribute writes and dict/deque
+operations; each slot is touched by one thread at a time because the pool hands it to one holder.
+Everything else (sweeps, snapshots, rare events) takes the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from monitor.state.clock import Clock, monotonic, wall
+from monitor.state.histogram import Histogram
+from monitor.state.holders import Holder, RequestScope, describe
+from monitor.state.records import (
+    ConnectionView,
+    GcReclaim,
+    LeakClass,
+    LeakRecord,
+    LifecycleEvent,
+    MultiConnectionRequest,
+    PoolCounters,
+    PoolSnapshot,
+    PoolTimeoutRecord,
+    SlowQueryGroup,
+)
+from monitor.state.sites import RawSite, format_site
+
+log = logging.getLogger("monitor.leaks")
+
+_HISTORY_PER_SLOT = 24
+
+
+class Slot:
+    """One pool slot (a SQLAlchemy connection record), stable across reconnects."""
+
+    __slots__ = (
+        "checked_out_at",
+        "checkouts",
+        "connected_at",
+        "history",
+        "id",
+        "leak",
+        "pid",
+        "proxy_ref",
+        "request",
+        "site",
+        "task",
+    )
+
+    def __init__(self, slot_id: int, connected_at: float) -> None:
+        self.id = slot_id
+        self.pid: int | None = None
+        self.connected_at = connected_at
+        self.checked_out_at: float | None = None
+        self.request: RequestScope | None = None
+        self.task: str | None = None
+        self.site: RawSite = ()
+        self.proxy_ref: weakref.ref[Any] | None = None
+        self.checkouts = 0
+        self.leak: _Leak | None = None
+        # (monotonic time, kind, detail); checkouts and checkins land here too, bounded.
+        self.history: deque[tuple[float, str, str]] = deque(maxlen=_HISTORY_PER_SLOT)
+
+
+class _Leak:
+    __slots__ = ("detected_at", "holder", "leak_class", "site")
+
+    def __init__(self, detected_at: float, holder: Holder, site: RawSite, leak_class: LeakClass):
+        self.detected_at = detected_at
+        self.holder = holder
+        self.site = site
+        self.leak_class = leak_class
+
+
+class PoolTracker:
+    """Thread-safe model of one pool; readers get immutable `PoolSnapshot`s."""
+
+    def __init__(
+        self,
+        pool_name: str,
+        *,
+        leak_threshold_s: float,
+        slow_query_s: float,
+        clock: Clock = monotonic,
+        wall_clock: Clock = wall,
+        max_records: int = 200,
+        max_slow_queries: int = 500,
+    ) -> None:
+        self.pool_name = pool_name
+        self.leak_threshold_s = leak_threshold_s
+        self.slow_query_s = slow_query_s
+        self._clock = clock
+        self._wall = wall_clock
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._max_slow_queries = max_slow_queries
+
+        self._open: dict[int, Slot] = {}  # slots with a live DBAPI connection
+        self._out: dict[int, Slot] = {}  # slots checked out right now
+        self._pending: list[None] = []  # one entry per caller waiting for a connection
+
+        self.wait_time = Histogram()
+        self.use_time = Histogram()
+        self.create_time = Histogram()
+
+        self._resolved: deque[LeakRecord] = deque(maxlen=max_records)
+        self._gc_reclaims: deque[GcReclaim] = deque(maxlen=max_records)
+        self._timeouts: deque[PoolTimeoutRecord] = deque(maxlen=20)
+        self._multi: deque[MultiConnectionRequest] = deque(maxlen=max_records)
+        self._events: deque[LifecycleEvent] = deque(maxlen=max_records)
+        self._slow: OrderedDict[str, list[Any]] = OrderedDict()
+
+        self._retired_checkouts = 0
+        self._count: dict[str, int] = dict.fromkeys(
+            (
+                "connects",
+                "invalidations_hard",
+                "invalidations_soft",
+                "closes",
+                "detaches",
+                "gc_reclaimed",
+                "timeouts",
+                "slow_queries",
+                "statement_errors",
+                "resets_with_rollback",
+                "multi_connection_requests",
+                "listener_errors",
+            ),
+            0,
+        )
+        self._leaks_by_class: dict[str, int] = {leak_class.value: 0 for leak_class in LeakClass}
+
+    # ---- lifecycle (rare: under the lock) -------------------------------------------------
+
+    def new_slot(self) -> Slot:
+        return Slot(next(self._ids), self._clock())
+
+    def connected(self, slot: Slot, pid: int | None, create_s: float | None) -> None:
+        now = self._clock()
+        with self._lock:
+            slot.pid = pid
+            slot.connected_at = now
+            self._open[slot.id] = slot
+            self._count["connects"] += 1
+            slot.history.append((now, "connect", f"pid {pid}" if pid else ""))
+        if create_s is not None:
+            self.create_time.observe(create_s)
+
+    def closed(self, slot: Slot) -> None:
+        now = self._clock()
+        with self._lock:
+            self._count["closes"] += 1
+            if self._open.pop(slot.id, None) is not None:
+                # Keep checkouts_total monotonic when the slot leaves the books.
+                self._retired_checkouts += slot.checkouts
+                slot.checkouts = 0
+            slot.history.append((now, "close", ""))
+            slot.pid = None
+
+    def invalidated(self, slot: Slot, *, soft: bool, reason: str) -> None:
+        kind = "soft_invalidate" if soft else "invalidate"
+        now = self._clock()
+        with self._lock:
+            self._count["invalidations_soft" if soft else "invalidations_hard"] += 1
+            slot.history.append((now, kind, reason))
+            self._events.appendleft(
+                LifecycleEvent(self._to_wall(now), kind, f"slot {slot.id}: {reason}")
+            )
+
+    def detached(self, slot: Slot) -> None:
+        """The connection left the pool for good: no checkin will come for it."""
+        now = self._clock()
+        with self._lock:
+            self._count["detaches"] += 1
+            reclaimed = slot.proxy_ref is not None and slot.proxy_ref() is None
+            self._release(slot, now, "gc_reclaimed" if reclaimed else "detached")
+            if self._open.pop(slot.id, None) is not None:
+                self._retired_checkouts += slot.checkouts
+                slot.checkouts = 0
+            slot.history.append((now, "detach", ""))
+
+    # ---- hot path ---------------------------------------------------------------------------
+
+    def checkout(
+        self,
+        slot: Slot,
+        request: RequestScope | None,
+        task: str | None,
+        site: RawSite,
+        proxy_ref: weakref.ref[Any] | None,
+    ) -> None:
+        now = self._clock()
+        slot.checked_out_at = now
+        slot.request = request
+        slot.task = task
+        slot.site = site
+        slot.proxy_ref = proxy_ref
+        slot.checkouts += 1
+        slot.history.append((now, "checkout", ""))
+        self._out[slot.id] = slot
+        if request is not None:
+            request.connections_held += 1
+            if request.connections_held > 1 and not request.multi_flagged:
+                self._flag_multi_connection(request)
+
+    def checkin(self, slot: Slot) -> None:
+        now = self._clock()
+        if self._out.pop(slot.id, None) is None:
+            return  # not ours (checked out before the monitor attached) or already released
+        checked_out_at = slot.checked_out_at
+        if checked_out_at is not None:
+            self.use_time.observe(now - checked_out_at)
+        proxy_ref = slot.proxy_ref
+        # A dead weakref to the checkout's proxy means the garbage collector returned it.
+        reclaimed = proxy_ref is not None and proxy_ref() is None
+        if reclaimed or slot.leak is not None:
+            with self._lock:
+                self._finish(slot, now, "gc_reclaimed" if reclaimed else "returned")
+        request = slot.request
+        if request is not None:
+            request.connections_held -= 1
+        slot.history.append((now, "checkin", "gc" if reclaimed else ""))
+        slot.request = None
+        slot.proxy_ref = None
+        slot.checked_out_at = None
+
+    def reset(self, slot: Slot, *, rolled_back: bool) -> None:
+        if rolled_back:
+            # The pool had to roll back a transaction the app never ended: a rule break.
+            with self._lock:
+                self._count["resets_with_rollback"] += 1
+
+    def waiting(self) -> None:
+        self._pending.append(None)
+
+    def done_waiting(self, waited_s: float, *, timed_out: bool) -> None:
+        with contextlib.suppress(IndexError):
+            self._pending.pop()
+        self.wait_time.observe(waited_s)
+        if timed_out:
+            self._record_timeout(waited_s)
+
+    # ---- statements --------------------------------------------------------------------------
+
+    def slow_query(
+        self, fingerprint: str, statement: str, duration_s: float, route: str | None
+    ) -> None:
+        now = self._wall()
+        with self._lock:
+            self._count["slow_queries"] += 1
+            group = self._slow.get(fingerprint)
+            if group is None:
+                if len(self._slow) >= self._max_slow_queries:
+                    self._slow.popitem(last=False)  # forget the least recently seen group
+                group = self._slow[fingerprint] = [statement, 0, 0.0, 0.0, now, route]
+            else:
+                self._slow.move_to_end(fingerprint)
+            group[1] += 1
+            group[2] += duration_s
+            group[3] = max(group[3], duration_s)
+            group[4] = now
+            group[5] = route
+
+    def statement_error(self) -> None:
+        with self._lock:
+            self._count["statement_errors"] += 1
+
+    def listener_error(self) -> None:
+        with self._lock:
+            self._count["listener_errors"] += 1
+
+    # ---- leaks -------------------------------------------------------------------------------
+
+    def sweep(self, server_states: Mapping[int, str | None] | None = None) -> list[LeakRecord]:
+        """Flag connections held past the threshold; log each new suspect once. Returns them."""
+        now = self._clock()
+        found: list[LeakRecord] = []
+        with self._lock:
+            for slot in list(self._out.values()):
+                checked_out_at = slot.checked_out_at
+                if checked_out_at is None or now - checked_out_at < self.leak_threshold_s:
+                    continue
+                leak_class = classify(
+                    server_states.get(slot.pid) if server_states and slot.pid else None
+                )
+                if slot.leak is not None:
+                    slot.leak.leak_class = (
+                        leak_class if leak_class is not LeakClass.UNKNOWN else slot.leak.leak_class
+                    )
+                    continue
+                holder = describe(slot.request, slot.task)
+                slot.leak = _Leak(now, holder, slot.site, leak_class)
+                self._leaks_by_class[leak_class.value] += 1
+                record = self._leak_record(slot, slot.leak, now)
+                found.append(record)
+                where = record.site[0] if record.site else "unknown site"
+                log.warning(
+                    "connection leak suspected: slot %d (pid %s) held %.1f s by %s (%s), taken at %s",
+                    slot.id, slot.pid, record.held_for_s, holder.route, leak_class.value, where,
+                )  # fmt: skip
+        return found
+
+    # ---- readers -----------------------------------------------------------------------------
+
+    def snapshot(
+        self,
+        server_states: Mapping[int, str | None] | None = None,
+        checked_out_by_pool: int | None = None,
+    ) -> PoolSnapshot:
+        now = self._clock()
+        with self._lock:
+            connections = tuple(
+                self._view(slot, now, server_states)
+                for slot in sorted(self._open.values(), key=lambda s: s.id)
+            )
+            # Checked-out slots whose connection was closed under them (invalidated) still count.
+            extra = tuple(
+                self._view(slot, now, server_states)
+                for slot in self._out.values()
+                if slot.id not in self._open
+            )
+            leaks = tuple(
+                self._leak_record(slot, slot.leak, now)
+                for slot in sorted(self._out.values(), key=lambda s: s.checked_out_at or 0.0)
+                if slot.leak is not None
+            )
+            counters = PoolCounters(
+                checkouts=self._retired_checkouts + sum(s.checkouts for s in self._open.values()),
+                leaks_by_class=dict(self._leaks_by_class),
+                **self._count,
+            )
+            slow = tuple(
+                SlowQueryGroup(fp, g[0], g[1], g[2], g[3], g[4], g[5])
+                for fp, g in self._slow.items()
+            )
+            return PoolSnapshot(
+                pool_name=self.pool_name,
+                taken_at=self._wall(),
+                leak_threshold_s=self.leak_threshold_s,
+                slow_query_s=self.slow_query_s,
+                connections=connections + extra,
+                checked_out=len(self._out),
+                pending_requests=len(self._pending),
+                counters=counters,
+                wait_time=self.wait_time.snapshot(),
+                use_time=self.use_time.snapshot(),
+                create_time=self.create_time.snapshot(),
+                leaks=leaks,
+                resolved_leaks=tuple(self._resolved),
+                gc_reclaims=tuple(self._gc_reclaims),
+                timeouts=tuple(self._timeouts),
+                slow_queries=tuple(sorted(slow, key=lambda g: g.total_s, reverse=True)),
+                multi_connection_requests=tuple(self._multi),
+                events=tuple(self._events),
+            )
+
+    @property
+    def checked_out(self) -> int:
+        return len(self._out)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def held_pids(self) -> Iterable[int]:
+        return [slot.pid for slot in list(self._out.values()) if slot.pid is not None]
+
+    def known_pids(self) -> set[int]:
+        with self._lock:
+            return {slot.pid for slot in self._open.values() if slot.pid is not None}
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _to_wall(self, monotonic_at: float) -> float:
+        return self._wall() - (self._clock() - monotonic_at)
+
+    def _view(
+        self, slot: Slot, now: float, server_states: Mapping[int, str | None] | None
+    ) -> ConnectionView:
+        checked_out_at = slot.checked_out_at if slot.id in self._out else None
+        leak_class = None
+        if slot.leak is not None:
+            leak_class = slot.leak.leak_class
+            if server_states is not None and slot.pid is not None and slot.pid in server_states:
+                leak_class = classify(server_states[slot.pid])
+        return ConnectionView(
+            slot_id=slot.id,
+            pid=slot.pid,
+            connected_at=self._to_wall(slot.connected_at),
+            checked_out=checked_out_at is not None,
+            checked_out_at=None if checked_out_at is None else self._to_wall(checked_out_at),
+            held_for_s=None if checked_out_at is None else now - checked_out_at,
+            holder=None if checked_out_at is None else describe(slot.request, slot.task),
+            site=format_site(slot.site) if checked_out_at is not None else (),
+            checkouts=slot.checkouts,
+            leak_class=leak_class,
+            history=tuple(
+                LifecycleEvent(self._to_wall(at), kind, detail) for at, kind, detail in slot.history
+            ),
+        )
+
+    def _leak_record(self, slot: Slot, leak: _Leak, now: float) -> LeakRecord:
+        held = now - slot.checked_out_at if slot.checked_out_at is not None else 0.0
+        return LeakRecord(
+            slot_id=slot.id,
+            pid=slot.pid,
+            holder=leak.holder,
+            site=format_site(leak.site),
+            leak_class=leak.leak_class,
+            detected_at=self._to_wall(leak.detected_at),
+            held_for_s=held,
+        )
+
+    def _finish(self, slot: Slot, now: float, how: str) -> None:
+        """A checked-out slot came back (or went away): close its leak, count a GC reclaim."""
+        held = now - slot.checked_out_at if slot.checked_out_at is not None else 0.0
+        holder = describe(slot.request, slot.task)
+        if how == "gc_reclaimed":
+            self._count["gc_reclaimed"] += 1
+            self._gc_reclaims.appendleft(
+                GcReclaim(self._to_wall(now), slot.id, holder, format_site(slot.site), held)
+            )
+            where = format_site(slot.site[:1])
+            log.warning(
+                "connection reclaimed by the garbage collector: slot %d held %.1f s by %s, "
+                "taken at %s (close your sessions)",
+                slot.id, held, holder.route, where[0] if where else "unknown site",
+            )  # fmt: skip
+        leak = slot.leak
+        if leak is not None:
+            slot.leak = None
+            self._resolved.appendleft(
+                LeakRecord(
+                    slot_id=slot.id,
+                    pid=slot.pid,
+                    holder=leak.holder,
+                    site=format_site(leak.site),
+                    leak_class=leak.leak_class,
+                    detected_at=self._to_wall(leak.detected_at),
+                    held_for_s=held,
+                    resolved_at=self._to_wall(now),
+                    how_resolved=how,
+                )
+            )
+            log.info(
+                "connection leak resolved after %.1f s: slot %d %s (held by %s)",
+                held, slot.id, how.replace("_", " "), leak.holder.route,
+            )  # fmt: skip
+
+    def _release(self, slot: Slot, now: float, how: str) -> None:
+        if self._out.pop(slot.id, None) is None:
+            return
+        if slot.checked_out_at is not None:
+            self.use_time.observe(now - slot.checked_out_at)
+        if how == "gc_reclaimed" or slot.leak is not None:
+            self._finish(slot, now, how)
+        if slot.request is not None:
+            slot.request.connections_held -= 1
+        slot.request = None
+        slot.proxy_ref = None
+        slot.checked_out_at = None
+
+    def _flag_multi_connection(self, request: RequestScope) -> None:
+        request.multi_flagged = True
+        with self._lock:
+            self._count["multi_connection_requests"] += 1
+            self._multi.appendleft(
+                MultiConnectionRequest(
+                    self._wall(), f"{request.method} {request.route}", request.request_id,
+                    request.connections_held,
+                )
+            )  # fmt: skip
+        log.warning(
+            "request %s %s holds %d connections at once (one session per request)",
+            request.method, request.route, request.connections_held,
+        )  # fmt: skip
+
+    def _record_timeout(self, waited_s: float) -> None:
+        now = self._clock()
+        with self._lock:
+            self._count["timeouts"] += 1
+            holders = tuple(
+                self._view(slot, now, None)
+                for slot in sorted(self._out.values(), key=lambda s: s.checked_out_at or 0.0)
+            )
+            self._timeouts.appendleft(PoolTimeoutRecord(self._to_wall(now), waited_s, holders))
+        summary = "; ".join(
+            f"slot {view.slot_id} {view.holder.route if view.holder else '?'} "
+            f"{(view.held_for_s or 0):.1f}s at {view.site[0] if view.site else '?'}"
+            for view in holders
+        )
+        log.warning(
+            "pool %s timed out after %.2f s; holders: %s",
+            self.pool_name,
+            waited_s,
+            summary or "none",
+        )
+
+
+def classify(server_state: str | None) -> LeakClass:
+    """Leak class from pg_stat_activity.state of the held connection's backend."""
+    if server_state is None:
+        return LeakClass.UNKNOWN
+    if server_state.startswith("idle in transaction"):
+        return LeakClass.IDLE_IN_TRANSACTION
+    if server_state == "idle":
+        return LeakClass.IDLE
+    if server_state in ("active", "fastpath function call"):
+        return LeakClass.ACTIVE
+    return LeakClass.UNKNOWN
+
+
+ServerStates = Mapping[int, str | None]
+StateReader = Callable[[], ServerStates | None]

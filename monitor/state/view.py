@@ -1,0 +1,223 @@
+"""The monitor's whole picture: pool and server joined by backend pid, capacity, rule verdicts.
+
+`build_view` is a pure function of snapshots, so it is tested with literal records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from monitor.state.records import ConnectionView, LeakClass, PoolSnapshot, PoolStats
+from monitor.state.server import Backend, ServerHealthSnapshot, seconds_until_killed
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "")
+
+
+@dataclass(frozen=True, slots=True)
+class HeldConnection:
+    """A checked-out pool connection with the server's view of its backend."""
+
+    connection: ConnectionView
+    server: Backend | None
+    killed_by: str | None  # the server timeout that will end this session first
+    killed_in_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    pool_max: int  # pool_size + max_overflow of this process
+    server_available: int | None  # max_connections minus reserved slots
+    server_sessions: int | None  # client sessions on the whole server right now
+    used_ratio: float | None  # server_sessions / server_available
+    pool_share_ratio: float | None  # pool_max / server_available
+    warning: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleVerdict:
+    rule: str
+    status: str  # ok, warn, fail, unknown
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppInfo:
+    """How the app reaches its database; never the password or the query string."""
+
+    database: str  # masked URL
+    url_source: str  # "DATABASE_URL", "embedded", "engine"
+    host_is_local: bool
+    sslmode: str | None
+    pools_observed: int
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorView:
+    pool: PoolSnapshot
+    pool_stats: PoolStats
+    server: ServerHealthSnapshot
+    app: AppInfo
+    held: tuple[HeldConnection, ...]
+    orphans: tuple[Backend, ...]  # server sessions of this application the pool does not know
+    phantoms: tuple[ConnectionView, ...]  # pool connections the server no longer has
+    capacity: Capacity
+    rules: tuple[RuleVerdict, ...]
+    drift: int  # tracker's checked-out count minus the pool's own
+
+
+def build_view(
+    pool: PoolSnapshot, stats: PoolStats, server: ServerHealthSnapshot, app: AppInfo
+) -> MonitorView:
+    sample = server.last_sample if server.up else None
+    by_pid = {b.pid: b for b in sample.backends} if sample is not None else {}
+    held: list[HeldConnection] = []
+    for connection in pool.connections:
+        if not connection.checked_out:
+            continue
+        backend = by_pid.get(connection.pid) if connection.pid is not None else None
+        timer = seconds_until_killed(backend, sample.settings) if backend and sample else None
+        held.append(
+            HeldConnection(
+                connection, backend, timer[0] if timer else None, timer[1] if timer else None
+            )
+        )
+    held.sort(key=lambda h: h.connection.held_for_s or 0.0, reverse=True)
+
+    orphans: tuple[Backend, ...] = ()
+    phantoms: tuple[ConnectionView, ...] = ()
+    if sample is not None:
+        known = {c.pid for c in pool.connections if c.pid is not None}
+        names = {by_pid[pid].application_name for pid in known if pid in by_pid}
+        orphans = tuple(
+            b for b in sample.backends if b.application_name in names and b.pid not in known
+        )
+        phantoms = tuple(
+            c
+            for c in pool.connections
+            if c.pid is not None and c.pid not in by_pid and c.connected_at < sample.taken_at
+        )
+    capacity = _capacity(stats, server)
+    view = MonitorView(
+        pool=pool,
+        pool_stats=stats,
+        server=server,
+        app=app,
+        held=tuple(held),
+        orphans=orphans,
+        phantoms=phantoms,
+        capacity=capacity,
+        rules=(),
+        drift=pool.checked_out - stats.checked_out,
+    )
+    return dataclasses.replace(view, rules=evaluate_rules(view))
+
+
+def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
+    sample = server.last_sample
+    if sample is None:
+        return Capacity(stats.max_connections, None, None, None, None, None)
+    available = sample.settings.available_connections
+    used = sample.total_client_sessions
+    used_ratio = used / available if available > 0 else None
+    share = stats.max_connections / available if available > 0 else None
+    warning = None
+    if share is not None and share > 1:
+        warning = (
+            f"the pool may open {stats.max_connections} connections but the server accepts "
+            f"only {available}"
+        )
+    elif used_ratio is not None and used_ratio >= 0.8:
+        warning = f"{used} of {available} server connections in use ({used_ratio:.0%})"
+    elif share is not None and share > 0.5:
+        warning = f"this one pool may take {share:.0%} of the server's connections"
+    return Capacity(stats.max_connections, available, used, used_ratio, share, warning)
+
+
+def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
+    """A live verdict for each rule of the connection guide, with a one-line why."""
+    pool, stats, counters = view.pool, view.pool_stats, view.pool.counters
+    verdicts = []
+
+    pools = view.app.pools_observed
+    verdicts.append(
+        RuleVerdict("One engine per app", "ok" if pools <= 1 else "warn",
+                    f"{pools} connection pool(s) seen in this process")
+    )  # fmt: skip
+
+    multi = counters.multi_connection_requests
+    last = pool.multi_connection_requests[0].route if pool.multi_connection_requests else ""
+    verdicts.append(
+        RuleVerdict("One session per request", "ok" if multi == 0 else "warn",
+                    "no request held two connections at once" if multi == 0
+                    else f"{multi} request(s) held several connections at once, last {last}")
+    )  # fmt: skip
+
+    leaks, gc_reclaimed = len(pool.leaks), counters.gc_reclaimed
+    if leaks == 0 and gc_reclaimed == 0:
+        verdicts.append(
+            RuleVerdict(
+                "Always close sessions", "ok", "no leak, nothing left to the garbage collector"
+            )
+        )
+    else:
+        verdicts.append(
+            RuleVerdict("Always close sessions", "fail",
+                        f"{leaks} connection(s) held past {pool.leak_threshold_s:g} s, "
+                        f"{gc_reclaimed} reclaimed by the garbage collector")
+        )  # fmt: skip
+
+    idle_tx = sum(
+        1
+        for h in view.held
+        if h.server is not None and (h.server.state or "").startswith("idle in transaction")
+    )
+    rollbacks = counters.resets_with_rollback
+    leaked_tx = sum(1 for leak in pool.leaks if leak.leak_class is LeakClass.IDLE_IN_TRANSACTION)
+    status = "ok" if idle_tx == 0 and rollbacks == 0 else ("fail" if leaked_tx else "warn")
+    verdicts.append(
+        RuleVerdict("Commit explicitly, handle rollbacks", status,
+                    f"{idle_tx} held connection(s) idle in transaction, "
+                    f"{rollbacks} transaction(s) left for the pool to roll back")
+    )  # fmt: skip
+
+    problems = []
+    if view.capacity.pool_share_ratio is not None and view.capacity.pool_share_ratio > 1:
+        problems.append(view.capacity.warning or "pool larger than the server allows")
+    if not stats.pre_ping:
+        problems.append("pool_pre_ping off")
+    if stats.recycle_s is None:
+        problems.append("no pool_recycle")
+    settings_text = (
+        f"pool_size {stats.size}, max_overflow {stats.max_overflow}, timeout {stats.timeout_s}s, "
+        f"recycle {stats.recycle_s}s, pre_ping {'on' if stats.pre_ping else 'off'}"
+    )
+    pool_status = "ok" if not problems else ("fail" if "server" in problems[0] else "warn")
+    verdicts.append(
+        RuleVerdict(
+            "Use the pool",
+            pool_status,
+            settings_text + ("; " + "; ".join(problems) if problems else ""),
+        )
+    )
+    verdicts.append(
+        RuleVerdict("Query logging only in development", "warn" if stats.echo else "ok",
+                    "echo is on: every statement is logged" if stats.echo else "echo is off")
+    )  # fmt: skip
+    slow = len(pool.slow_queries)
+    verdicts.append(
+        RuleVerdict("Index frequently queried columns", "ok" if slow == 0 else "warn",
+                    f"no statement slower than {pool.slow_query_s:g}s" if slow == 0
+                    else f"{slow} slow statement shape(s); the slowest may need an index")
+    )  # fmt: skip
+
+    app = view.app
+    secure = app.sslmode in ("require", "verify-ca", "verify-full")
+    tls_ok = secure or app.host_is_local
+    verdicts.append(
+        RuleVerdict("Credentials from the environment, TLS",
+                    "ok" if tls_ok and app.url_source != "hard-coded" else "warn",
+                    f"URL from {app.url_source}; sslmode {app.sslmode or 'not set'}"
+                    + ("" if secure else " (local connection)" if app.host_is_local else " on a remote host"))
+    )  # fmt: skip
+    return tuple(verdicts)

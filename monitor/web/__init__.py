@@ -1,0 +1,1 @@
+"""Readers of monitor snapshots over HTTP: the dashboard, its HTMX partials and the JSON API."""

@@ -1,0 +1,28 @@
+"""Mount the monitor on a FastAPI app: attribution middleware, /monitor routes, /metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from monitor.instrumentation.attribution import AttributionMiddleware
+
+if TYPE_CHECKING:
+    from monitor.pool_monitor import PoolMonitor
+
+
+def add_monitor_routes(app: FastAPI) -> None:
+    """Everything that must exist before the app starts; the monitor itself is looked up per
+    request on `app.state.pool_monitor`, so it may be created later (in the lifespan)."""
+    from monitor.metrics.exposition import metrics_endpoint
+    from monitor.web.routes import router
+
+    app.add_middleware(AttributionMiddleware)
+    app.include_router(router)
+    app.add_api_route("/metrics", metrics_endpoint(app), include_in_schema=False)
+
+
+def install_monitor(app: FastAPI, monitor: PoolMonitor) -> None:
+    app.state.pool_monitor = monitor
+    add_monitor_routes(app)

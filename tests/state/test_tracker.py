@@ -1,0 +1,192 @@
+"""The pool tracker driven by hand with a fake clock: leaks, GC reclaims, timeouts, slow queries."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import weakref
+
+import pytest
+
+from monitor.state.holders import RequestScope
+from monitor.state.records import LeakClass, to_dict
+from monitor.state.tracker import PoolTracker, classify
+from tests.state.conftest import FakeClock
+
+
+class Proxy:
+    """Stands in for SQLAlchemy's connection proxy: only its liveness matters."""
+
+
+def _connect(tracker: PoolTracker, pid: int = 100):
+    slot = tracker.new_slot()
+    tracker.connected(slot, pid, 0.002)
+    return slot
+
+
+def test_leak_appears_after_threshold_and_resolves_on_return(
+    tracker: PoolTracker, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    slot = _connect(tracker)
+    proxy = Proxy()
+    request = RequestScope("GET", "/products/7", "req-1")
+    tracker.checkout(slot, request, None, (), weakref.ref(proxy))
+
+    clock.advance(4.9)
+    assert tracker.sweep() == []
+
+    clock.advance(0.2)
+    with caplog.at_level(logging.INFO, logger="monitor.leaks"):
+        found = tracker.sweep({100: "idle in transaction"})
+        assert tracker.sweep() == []  # logged and counted once only
+    assert len(found) == 1
+    assert found[0].leak_class is LeakClass.IDLE_IN_TRANSACTION
+    assert found[0].holder is not None and found[0].holder.route == "GET /products/7"
+    assert found[0].held_for_s == pytest.approx(5.1)
+    assert sum("leak suspected" in r.message for r in caplog.records) == 1
+
+    snapshot = tracker.snapshot()
+    assert len(snapshot.leaks) == 1
+    assert snapshot.counters.leaks_by_class["idle_in_transaction"] == 1
+
+    clock.advance(1.0)
+    with caplog.at_level(logging.INFO, logger="monitor.leaks"):
+        tracker.checkin(slot)
+    snapshot = tracker.snapshot()
+    assert snapshot.leaks == ()
+    assert snapshot.resolved_leaks[0].how_resolved == "returned"
+    assert snapshot.resolved_leaks[0].held_for_s == pytest.approx(6.1)
+    assert any("resolved after 6.1 s" in r.message for r in caplog.records)
+    assert snapshot.checked_out == 0 and snapshot.counters.gc_reclaimed == 0
+
+
+def test_dead_proxy_at_checkin_counts_a_gc_reclaim(tracker: PoolTracker, clock: FakeClock) -> None:
+    slot = _connect(tracker)
+    proxy = Proxy()
+    tracker.checkout(slot, None, "worker-1", (), weakref.ref(proxy))
+    del proxy
+    gc.collect()
+    clock.advance(2)
+    tracker.checkin(slot)
+    snapshot = tracker.snapshot()
+    assert snapshot.counters.gc_reclaimed == 1
+    assert snapshot.gc_reclaims[0].holder is not None
+    assert snapshot.gc_reclaims[0].holder.route == "worker-1"
+    assert snapshot.gc_reclaims[0].held_for_s == pytest.approx(2)
+
+
+def test_timeout_keeps_who_held_every_connection(tracker: PoolTracker, clock: FakeClock) -> None:
+    proxies = [Proxy(), Proxy()]
+    for index, proxy in enumerate(proxies):
+        slot = _connect(tracker, pid=200 + index)
+        tracker.checkout(
+            slot, RequestScope("POST", f"/hold/{index}", f"r{index}"), None, (), weakref.ref(proxy)
+        )
+    clock.advance(3)
+    tracker.waiting()
+    assert tracker.snapshot().pending_requests == 1
+    tracker.done_waiting(1.5, timed_out=True)
+    snapshot = tracker.snapshot()
+    assert snapshot.pending_requests == 0
+    assert snapshot.counters.timeouts == 1
+    record = snapshot.timeouts[0]
+    assert record.waited_s == 1.5
+    assert [view.holder.route for view in record.holders if view.holder] == [
+        "POST /hold/0",
+        "POST /hold/1",
+    ]
+    assert all(view.held_for_s == pytest.approx(3) for view in record.holders)
+
+
+def test_second_connection_of_a_request_is_flagged_once(tracker: PoolTracker) -> None:
+    request = RequestScope("GET", "/two", "r-2")
+    keep = [Proxy(), Proxy(), Proxy()]
+    slots = [_connect(tracker, pid) for pid in (1, 2, 3)]
+    for slot, proxy in zip(slots, keep, strict=True):
+        tracker.checkout(slot, request, None, (), weakref.ref(proxy))
+    snapshot = tracker.snapshot()
+    assert snapshot.counters.multi_connection_requests == 1
+    assert snapshot.multi_connection_requests[0].route == "GET /two"
+    for slot in slots:
+        tracker.checkin(slot)
+    assert request.connections_held == 0
+
+
+def test_slow_queries_grouped_and_bounded(clock: FakeClock) -> None:
+    tracker = PoolTracker(
+        "t", leak_threshold_s=1, slow_query_s=0.1, clock=clock, max_slow_queries=3
+    )
+    tracker.slow_query("fp-a", "SELECT $1", 0.5, "GET /a")
+    tracker.slow_query("fp-a", "SELECT $1", 1.5, "GET /b")
+    for name in ("fp-b", "fp-c", "fp-d"):
+        tracker.slow_query(name, f"SELECT {name}", 0.2, None)
+    snapshot = tracker.snapshot()
+    assert snapshot.counters.slow_queries == 5
+    assert [g.fingerprint for g in snapshot.slow_queries] == [
+        "fp-b",
+        "fp-c",
+        "fp-d",
+    ]  # fp-a evicted first
+    tracker.slow_query("fp-b", "SELECT fp-b", 3.0, "GET /b")
+    top = tracker.snapshot().slow_queries[0]
+    assert (top.fingerprint, top.count, top.max_s) == ("fp-b", 2, 3.0)
+
+
+def test_close_keeps_checkout_total_monotonic(tracker: PoolTracker) -> None:
+    slot = _connect(tracker)
+    proxy = Proxy()
+    for _ in range(3):
+        tracker.checkout(slot, None, "t", (), weakref.ref(proxy))
+        tracker.checkin(slot)
+    assert tracker.snapshot().counters.checkouts == 3
+    tracker.closed(slot)
+    snapshot = tracker.snapshot()
+    assert snapshot.counters.checkouts == 3 and snapshot.connections == ()
+
+
+def test_detach_of_a_held_connection_releases_it(tracker: PoolTracker) -> None:
+    slot = _connect(tracker)
+    proxy = Proxy()
+    tracker.checkout(slot, None, "t", (), weakref.ref(proxy))
+    tracker.detached(slot)
+    snapshot = tracker.snapshot()
+    assert snapshot.checked_out == 0 and snapshot.counters.detaches == 1
+
+
+def test_history_of_a_slot_is_bounded(tracker: PoolTracker) -> None:
+    slot = _connect(tracker)
+    proxy = Proxy()
+    for _ in range(100):
+        tracker.checkout(slot, None, "t", (), weakref.ref(proxy))
+        tracker.checkin(slot)
+    (view,) = tracker.snapshot().connections
+    assert 0 < len(view.history) <= 24
+    assert view.history[-1].kind == "checkin"
+
+
+def test_snapshot_is_json_ready(tracker: PoolTracker) -> None:
+    import json
+
+    slot = _connect(tracker)
+    proxy = Proxy()
+    tracker.checkout(slot, RequestScope("GET", "/x", "r"), None, (), weakref.ref(proxy))
+    tracker.done_waiting(0.003, timed_out=False)
+    data = to_dict(tracker.snapshot())
+    text = json.dumps(data)
+    assert '"route": "GET /x"' in text
+    assert data["wait_time"]["count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("idle in transaction", LeakClass.IDLE_IN_TRANSACTION),
+        ("idle in transaction (aborted)", LeakClass.IDLE_IN_TRANSACTION),
+        ("idle", LeakClass.IDLE),
+        ("active", LeakClass.ACTIVE),
+        (None, LeakClass.UNKNOWN),
+        ("disabled", LeakClass.UNKNOWN),
+    ],
+)
+def test_classify(state: str | None, expected: LeakClass) -> None:
+    assert classify(state) is expected
