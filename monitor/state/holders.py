@@ -46,7 +46,11 @@ class Holder:
         return {"kind": self.kind, "route": self.route, "request_id": self.request_id}
 
 
-def describe(request: RequestScope | None, task_name: str | None) -> Holder:
+def describe(request: RequestScope | None, task: object) -> Holder:
     if request is not None:
         return Holder("request", f"{request.method} {request.route}", request.request_id)
-    return Holder("task", task_name or "unknown", None)
+    if isinstance(task, str):
+        return Holder("task", task, None)
+    get_name = getattr(task, "get_name", None)  # asyncio.Task
+    name = get_name() if callable(get_name) else getattr(task, "name", None)  # threading.Thread
+    return Holder("task", str(name) if name else "unknown", None)

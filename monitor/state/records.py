@@ -107,7 +107,6 @@ class PoolCounters:
     timeouts: int
     slow_queries: int
     statement_errors: int
-    resets_with_rollback: int
     multi_connection_requests: int
     leaks_by_class: dict[str, int]
     listener_errors: int

@@ -61,7 +61,7 @@ class Slot:
         self.connected_at = connected_at
         self.checked_out_at: float | None = None
         self.request: RequestScope | None = None
-        self.task: str | None = None
+        self.task: object = None  # thread or asyncio task; named only when shown
         self.site: RawSite = ()
         self.proxy_ref: weakref.ref[Any] | None = None
         self.checkouts = 0
@@ -130,7 +130,6 @@ class PoolTracker:
                 "timeouts",
                 "slow_queries",
                 "statement_errors",
-                "resets_with_rollback",
                 "multi_connection_requests",
                 "listener_errors",
             ),
@@ -193,7 +192,7 @@ class PoolTracker:
         self,
         slot: Slot,
         request: RequestScope | None,
-        task: str | None,
+        task: object,
         site: RawSite,
         proxy_ref: weakref.ref[Any] | None,
     ) -> None:
@@ -232,11 +231,13 @@ class PoolTracker:
         slot.proxy_ref = None
         slot.checked_out_at = None
 
-    def reset(self, slot: Slot, *, rolled_back: bool) -> None:
-        if rolled_back:
-            # The pool had to roll back a transaction the app never ended: a rule break.
-            with self._lock:
-                self._count["resets_with_rollback"] += 1
+    def reset(self, slot: Slot, *, terminated: bool) -> None:
+        slot.history.append((self._clock(), "reset", "terminated" if terminated else "rollback"))
+
+    @property
+    def pending_list(self) -> list[None]:
+        """One entry per caller waiting right now; the acquire wrapper appends and pops."""
+        return self._pending
 
     def waiting(self) -> None:
         self._pending.append(None)

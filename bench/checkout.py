@@ -1,0 +1,88 @@
+"""Cost of the monitor on the checkout path, measured side by side against a bare engine.
+
+Alternates rounds of a bare engine and an instrumented one (leak-site capture on) in the same
+process and prints the median ratio of per-cycle time for:
+  (a) a checkout + checkin cycle (`engine.connect()` / `close()`, what every Session does),
+  (a') the same cycle at the pool level (`engine.pool.connect()` / `close()`), for scale,
+  (b) checkout + `SELECT 1` + checkin.
+Goals: (a) <= 1.30, (b) <= 1.05. Run: `.venv/bin/python bench/checkout.py` (DATABASE_URL or local PG).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import Engine, create_engine, text
+
+from monitor.pool_monitor import PoolMonitor
+
+URL = os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test").replace(
+    "postgresql://", "postgresql+psycopg2://", 1
+)
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
+
+
+def engine_cycle(engine: Engine) -> None:
+    engine.connect().close()
+
+
+def pool_cycle(engine: Engine) -> None:
+    engine.pool.connect().close()
+
+
+def select_cycle(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def per_call_us(work: Callable[[Engine], None], engine: Engine, calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        work(engine)
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+def main() -> None:
+    bare = create_engine(URL, pool_size=5)
+    watched = create_engine(URL, pool_size=5)
+    monitor = PoolMonitor(watched, probe=False, capture_sites=True)
+    cases = [
+        ("(a)  engine checkout+checkin", engine_cycle, 20_000, 1.30),
+        ("(a') pool checkout+checkin", pool_cycle, 20_000, None),
+        ("(b)  checkout+SELECT 1+checkin", select_cycle, 2_000, 1.05),
+    ]
+    print(f"{'case':34} {'bare us':>9} {'monitored us':>13} {'ratio':>7}  goal")
+    for name, work, calls, goal in cases:
+        for engine in (bare, watched):  # warm up both pools
+            per_call_us(work, engine, calls // 10)
+        ratios, bare_times, watched_times = [], [], []
+        for round_index in range(ROUNDS):
+            order = (bare, watched) if round_index % 2 == 0 else (watched, bare)
+            times = {id(engine): per_call_us(work, engine, calls // 5) for engine in order}
+            bare_times.append(times[id(bare)])
+            watched_times.append(times[id(watched)])
+            ratios.append(times[id(watched)] / times[id(bare)])
+        ratio = statistics.median(ratios)
+        verdict = "" if goal is None else (f"<= {goal:.2f} {'ok' if ratio <= goal else 'MISSED'}")
+        print(
+            f"{name:34} {statistics.median(bare_times):9.2f} "
+            f"{statistics.median(watched_times):13.2f} {ratio:7.3f}  {verdict}"
+        )
+    snapshot = monitor.pool_snapshot()
+    print(
+        f"checkouts tracked: {snapshot.counters.checkouts}, listener errors: {snapshot.counters.listener_errors}"
+    )
+    monitor.detach()
+    bare.dispose()
+    watched.dispose()
+
+
+if __name__ == "__main__":
+    main()
