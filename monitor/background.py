@@ -30,7 +30,14 @@ class Background:
                 application_name=PROBE_APPLICATION_NAME,
             )
             jobs.insert(0, ("server-probe", self._probe_then_sweep, monitor.probe_interval_s))
-        self._scheduler = start_scheduler(jobs)
+        probe = self._probe
+
+        def skipped(job_id: str) -> None:
+            # APScheduler drops an overlapping tick before the job runs: count it here.
+            if job_id == "server-probe" and probe is not None:
+                probe.record_skipped()
+
+        self._scheduler = start_scheduler(jobs, on_skip=skipped)
 
     def stop(self) -> None:
         if self._scheduler is not None:

@@ -8,6 +8,7 @@ import sysconfig
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
@@ -45,6 +46,17 @@ def _library_prefixes() -> tuple[str, ...]:
         sysconfig.get_paths()["purelib"] + os.sep + "anyio",
     }
     return tuple(sorted(prefixes))
+
+
+def _parent_greenlet_frame() -> FrameType | None:
+    """The suspended frame of the greenlet that called into SQLAlchemy's async bridge."""
+    try:
+        from greenlet import getcurrent
+    except ImportError:
+        return None
+    parent = getcurrent().parent
+    frame: FrameType | None = getattr(parent, "gr_frame", None) if parent is not None else None
+    return frame
 
 
 class PoolMonitor:
@@ -85,7 +97,9 @@ class PoolMonitor:
             leak_threshold_s=float(leak_threshold_s),
             slow_query_s=float(slow_query_s),
         )
-        capture = SiteCapture(_library_prefixes()) if capture_sites else None
+        capture = (
+            SiteCapture(_library_prefixes(), _parent_greenlet_frame) if capture_sites else None
+        )
         self._pool_listeners = PoolListeners(self.tracker, capture)
         self._statement_listeners = StatementListeners(self.tracker)
         self._pool_listeners.attach(self.engine)

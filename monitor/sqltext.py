@@ -8,8 +8,9 @@ functions accept any string and never raise.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import itertools
 from functools import lru_cache
+from typing import NamedTuple
 
 from pglast import parser as pg_parser
 
@@ -88,8 +89,7 @@ def _hash(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class _Token:
+class _Token(NamedTuple):
     kind: str  # lexer token name, e.g. SCONST, IDENT, ASCII_40
     text: str
     start: int  # character offsets into the scanned text, end exclusive
@@ -147,7 +147,7 @@ def _render(tokens: list[_Token]) -> str:
         token = significant[i]
         if previous_end is not None and token.start > previous_end:
             pieces.append(" ")
-        squashed_end = _constant_list_end(significant, i)
+        squashed_end = _constant_list_end(significant, i) if token.text == "(" else None
         if squashed_end is not None:
             # IN (1, 2, 3): one placeholder, so lists of any length read (and group) the same.
             first = significant[i + 1]
@@ -173,9 +173,14 @@ def _render(tokens: list[_Token]) -> str:
 
 def _value_end(tokens: list[_Token], i: int, *, signed: bool) -> int | None:
     """End index of a literal, parameter or client placeholder starting at `i`, else None."""
-    if signed and tokens[i].kind in _SIGN_TOKENS and i + 1 < len(tokens):
-        if tokens[i + 1].start == tokens[i].end and tokens[i + 1].kind in _LITERAL_TOKENS:
-            return i + 2
+    if (
+        signed
+        and tokens[i].kind in _SIGN_TOKENS
+        and i + 1 < len(tokens)
+        and _adjacent(tokens[i], tokens[i + 1])
+        and tokens[i + 1].kind in _LITERAL_TOKENS
+    ):
+        return i + 2
     kind = tokens[i].kind
     if kind in _LITERAL_TOKENS or kind == "PARAM":
         return i + 1
@@ -190,7 +195,7 @@ def _value_end(tokens: list[_Token], i: int, *, signed: bool) -> int | None:
             len(following) == 4
             and [t.text for t in following[::2]] == ["(", ")"]
             and following[3].text in _CLIENT_PLACEHOLDER_KINDS
-            and all(_adjacent(a, b) for a, b in zip(following, following[1:], strict=False))
+            and all(_adjacent(a, b) for a, b in itertools.pairwise(following))
         ):
             return i + 5
     return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,14 +59,11 @@ class Activity:
     backends: tuple[Backend, ...]  # current database, the probe excluded
 
 
-def parse_backend(row: Mapping[str, Any]) -> Backend:
+def parse_backend(row: Mapping[Any, Any]) -> Backend:
     """One pg_stat_activity row to a Backend: NULLs kept as None, query text normalised."""
     raw_query = row.get("query")
     hidden = raw_query == HIDDEN_QUERY
-    if hidden:
-        query = HIDDEN_QUERY
-    else:
-        query = _truncate(sqltext.normalize(raw_query or ""))
+    query = HIDDEN_QUERY if hidden else _truncate(sqltext.normalize(raw_query or ""))
     return Backend(
         pid=int(row["pid"]),
         datname=row.get("datname"),
@@ -87,7 +84,7 @@ def parse_backend(row: Mapping[str, Any]) -> Backend:
     )
 
 
-def parse_activity(summary: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> Activity:
+def parse_activity(summary: Mapping[Any, Any], rows: Iterable[Mapping[Any, Any]]) -> Activity:
     """The summary row of SERVER_SESSIONS_SQL plus the rows of ACTIVITY_SQL."""
     return Activity(
         database=str(summary["database"]),
@@ -99,7 +96,7 @@ def parse_activity(summary: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]
 def fetch_activity(conn: Connection) -> Activity:
     """Run both queries on `conn`; inside one transaction they read the same statistics snapshot."""
     summary = conn.execute(text(SERVER_SESSIONS_SQL)).mappings().one()
-    rows: Sequence[Mapping[str, Any]] = conn.execute(text(ACTIVITY_SQL)).mappings().all()
+    rows = conn.execute(text(ACTIVITY_SQL)).mappings().all()
     return parse_activity(summary, rows)
 
 

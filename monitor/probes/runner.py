@@ -6,6 +6,7 @@ blind it; every failure is recorded in `ServerHealth`, never raised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -60,6 +61,7 @@ class ServerProbe:
         self._closed = False
         self._connects = 0
         self._last_attempt_reused = False
+        self._last_up: bool | None = None
         self._deadline: _SocketDeadline | None = None
         self._settings: ServerSettings | None = None
         self._settings_read_at = 0.0
@@ -89,6 +91,8 @@ class ServerProbe:
         try:
             if not self._closed:
                 self._run()
+        except Exception:  # a bug here must not kill the scheduler thread
+            log.exception("server probe crashed")
         finally:
             self._in_flight.release()
 
@@ -152,13 +156,20 @@ class ServerProbe:
                 sample = self._attempt(started, taken_at, deadline)
         except Exception as exc:
             duration_s = self._monotonic() - started
-            self.health.record_failure(describe_error(exc), duration_s)
-            log.debug("server probe failed after %.3f s: %s", duration_s, describe_error(exc))
+            error = describe_error(exc)
+            self.health.record_failure(error, duration_s)
+            # Log the transition once, not every tick of an outage.
+            if self._last_up is not False:
+                log.warning("database unreachable for the probe (%.3f s): %s", duration_s, error)
+            self._last_up = False
             return
         finally:
             deadline.close()
             self._deadline = None
         self.health.record_success(sample)
+        if self._last_up is False:
+            log.info("database reachable again for the probe")
+        self._last_up = True
 
     def _attempt(self, started: float, taken_at: float, deadline: _SocketDeadline) -> ServerSample:
         connects_before = self._connects
@@ -248,10 +259,8 @@ class _SocketDeadline:
 
 
 def _shutdown(watched: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):  # already disconnected
         watched.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already disconnected
 
 
 def describe_error(exc: BaseException) -> str:

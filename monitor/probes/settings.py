@@ -33,7 +33,7 @@ WHERE name IN ({names})
 _SECONDS_PER_UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_settings(rows: Iterable[Mapping[str, Any]]) -> ServerSettings:
+def parse_settings(rows: Iterable[Mapping[Any, Any]]) -> ServerSettings:
     """Rows of SETTINGS_SQL to ServerSettings; raises ValueError if a required one is missing."""
     found = {str(row["name"]): (row.get("value"), row.get("unit")) for row in rows}
 

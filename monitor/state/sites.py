@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import linecache
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import CodeType, FrameType
 
@@ -33,8 +34,15 @@ class SiteCapture:
     their count is cached per path and skipped in one C-level `sys._getframe` jump.
     """
 
-    def __init__(self, library_prefixes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        library_prefixes: tuple[str, ...],
+        outer_frame: Callable[[], FrameType | None] | None = None,
+    ) -> None:
         self._prefixes = library_prefixes
+        # Where the stack continues when it ends without app frames (an async engine runs the
+        # pool inside a greenlet; the app's coroutine frames are in the parent greenlet).
+        self._outer_frame = outer_frame
         # Keyed by id(): hashing a code object hashes its bytecode, far too slow per frame.
         # The value holds the code object, so its id cannot be reused while it is cached.
         self._is_library: dict[int, tuple[CodeType, bool]] = {}
@@ -58,6 +66,8 @@ class SiteCapture:
                     leading = None
         if leading is None:
             kept, leading = self._walk(getframe(skip))
+            if not kept and self._outer_frame is not None:
+                return self._walk(self._outer_frame())[0]
             self._skip_by_path[id(caller)] = leading
             self._keep_alive[id(caller)] = caller
             return kept

@@ -1,0 +1,52 @@
+"""The same monitor on an AsyncEngine (asyncpg): checkouts, holders, leaks and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from monitor.pool_monitor import PoolMonitor
+
+
+def test_async_engine_is_tracked(database_url: URL) -> None:
+    async def scenario() -> None:
+        engine = create_async_engine(
+            database_url.set(drivername="postgresql+asyncpg"),
+            pool_size=2,
+            max_overflow=0,
+            pool_timeout=0.3,
+        )
+        monitor = PoolMonitor(engine, leak_threshold_s=0.1, probe=False)
+        try:
+            async with engine.connect() as conn:
+                pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+                snapshot = monitor.pool_snapshot()
+                (view,) = [c for c in snapshot.connections if c.checked_out]
+                assert view.pid == pid
+                assert view.holder is not None and view.holder.kind == "task"
+                assert view.site and view.site[0].filename == __file__
+                time.sleep(0.15)
+                (leak,) = monitor.tracker.sweep()
+                assert leak.slot_id == view.slot_id
+
+                async with engine.connect() as second:
+                    await second.execute(text("SELECT 1"))
+                    with pytest.raises(sa_exc.TimeoutError):
+                        async with engine.connect():
+                            pass
+            snapshot = monitor.pool_snapshot()
+            assert snapshot.checked_out == 0 == monitor.pool_stats().checked_out
+            assert snapshot.counters.timeouts == 1
+            assert snapshot.resolved_leaks[0].how_resolved == "returned"
+            assert snapshot.counters.listener_errors == 0
+        finally:
+            monitor.detach()
+            await engine.dispose()
+
+    asyncio.run(scenario())

@@ -1,0 +1,55 @@
+"""Holder attribution through the ASGI middleware: route template, request id, one session per request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+
+from monitor.pool_monitor import PoolMonitor
+from monitor.web.install import install_monitor
+
+
+@pytest.fixture
+def app(engine: Engine, monitor: PoolMonitor) -> Iterator[FastAPI]:
+    app = FastAPI()
+    install_monitor(app, monitor)
+
+    @app.get("/items/{item_id}")
+    def read_item(item_id: int) -> dict[str, object]:
+        with engine.connect() as conn:
+            view = next(c for c in monitor.pool_snapshot().connections if c.checked_out)
+            conn.execute(text("SELECT 1"))
+        assert view.holder is not None
+        return {"route": view.holder.route, "request_id": view.holder.request_id}
+
+    @app.get("/two")
+    def two_connections() -> dict[str, int]:
+        with engine.connect() as first, engine.connect() as second:
+            first.execute(text("SELECT 1"))
+            second.execute(text("SELECT 1"))
+        return {"ok": 1}
+
+    yield app
+
+
+def test_checkout_knows_route_template_and_request_id(app: FastAPI) -> None:
+    with TestClient(app) as client:
+        body = client.get("/items/42", headers={"x-request-id": "abc-123"}).json()
+        assert body == {"route": "GET /items/{item_id}", "request_id": "abc-123"}
+        generated = client.get("/items/7", headers={"x-request-id": "<script>"}).json()
+        assert generated["request_id"] != "<script>" and generated["request_id"]
+
+
+def test_request_holding_two_connections_is_flagged(app: FastAPI, monitor: PoolMonitor) -> None:
+    with TestClient(app) as client:
+        client.get("/items/1")
+        assert monitor.pool_snapshot().counters.multi_connection_requests == 0
+        client.get("/two")
+        client.get("/two")
+    snapshot = monitor.pool_snapshot()
+    assert snapshot.counters.multi_connection_requests == 2
+    assert snapshot.multi_connection_requests[0].route == "GET /two"

@@ -1,0 +1,145 @@
+"""SQL text hygiene: no literal survives normalize(), fingerprints group by shape."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from monitor import sqltext
+from monitor.sqltext import fingerprint, normalize
+
+SECRET = "s3cr3t-Tok3n"
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT * FROM users WHERE email = 'a@b.c'", "SELECT * FROM users WHERE email = $1"),
+        (f"ALTER ROLE app PASSWORD '{SECRET}'", "ALTER ROLE app PASSWORD $1"),
+        (f"CREATE USER bob WITH PASSWORD '{SECRET}'", "CREATE USER bob WITH PASSWORD $1"),
+        ("SELECT 42, 3.14, 1e10, 0x1F, 1_000", "SELECT $1, $2, $3, $4, $5"),
+        ("SELECT * FROM t WHERE id IN (1, 2, 3)", "SELECT * FROM t WHERE id IN ($1 /*, ... */)"),
+        ("SELECT * FROM t WHERE id IN ('a','b')", "SELECT * FROM t WHERE id IN ($1 /*, ... */)"),
+        ("SELECT * FROM t WHERE id IN (-1, +2)", "SELECT * FROM t WHERE id IN ($1 /*, ... */)"),
+        (f"SELECT $${SECRET}$$, $tag${SECRET}$tag$", "SELECT $1, $2"),
+        (f"SELECT E'{SECRET}\\'', U&'{SECRET}', B'101', X'FF'", "SELECT $1, $2, $3, $4"),
+        ("SELECT '2024-01-01'::date, interval '1 day'", "SELECT $1::date, interval $2"),
+        ("SELECT  a,\n\t b   FROM   t", "SELECT a, b FROM t"),
+        (f"SELECT 1 /* {SECRET} */ -- {SECRET}\n", "SELECT $1"),
+        ("SELECT a FROM t WHERE b = $1 AND c = 7", "SELECT a FROM t WHERE b = $1 AND c = $2"),
+        (
+            "SELECT * FROM t WHERE id = %(id_1)s AND n = %s",
+            "SELECT * FROM t WHERE id = $1 AND n = $2",
+        ),
+        (
+            "SELECT x FROM t WHERE y IN (%(y_1)s, %(y_2)s)",
+            "SELECT x FROM t WHERE y IN ($1 /*, ... */)",
+        ),
+        ('SELECT "Odd  Name" FROM "T"', 'SELECT "Odd  Name" FROM "T"'),
+        ("SELECT 'é', ü FROM t", "SELECT $1, ü FROM t"),
+        ("", ""),
+    ],
+)
+def test_normalize_replaces_every_literal(sql: str, expected: str) -> None:
+    assert normalize(sql) == expected
+
+
+@pytest.mark.parametrize(
+    ("truncated", "expected"),
+    [
+        (f"UPDATE users SET token = '{SECRET}", "UPDATE users SET token = …"),
+        (f"SELECT $${SECRET}", "SELECT …"),
+        (f"SELECT $q${SECRET}$q", "SELECT …"),
+        (f"SELECT 1 /* {SECRET}", "SELECT $1 …"),
+        (f'SELECT "{SECRET}', "SELECT …"),
+        (f"SELECT E'{SECRET}\\", "SELECT …"),
+        ("SELECT 1.5e", "SELECT …"),  # cut inside a number: the lexer rejects the rest
+        (f"INSERT INTO t VALUES ('a', '{SECRET}", "INSERT INTO t VALUES ($1, …"),
+    ],
+)
+def test_truncated_text_is_cut_before_the_unreadable_token(truncated: str, expected: str) -> None:
+    result = normalize(truncated)
+    assert result == expected
+    assert SECRET not in result
+
+
+def test_text_cut_at_pg_stat_activity_limit_keeps_no_literal() -> None:
+    # pg_stat_activity keeps 1023 bytes: cut a long statement at every position.
+    statement = "INSERT INTO audit (actor, token, note, amount) VALUES " + ", ".join(
+        f"('user{i}', '{SECRET}{i}', $$note {SECRET}$$, {i}.5)" for i in range(30)
+    )
+    for cut in range(0, len(statement), 7):
+        result = normalize(statement[:cut])
+        assert SECRET not in result, cut
+        assert "user" not in result, cut
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ["garbage !! ??", "\x00\x01\x02", "\ud800 'x'", "'", '"', "$", "$$", "/*", "--", "))((", "<b>"],
+)
+def test_garbage_never_raises_and_leaks_nothing(garbage: str) -> None:
+    result = normalize(garbage)
+    assert isinstance(result, str)
+    assert "'x'" not in result
+    assert len(fingerprint(garbage)) == 16
+
+
+def test_random_bytes_never_raise() -> None:
+    rng = random.Random(7)
+    alphabet = "SELECT'\"$;()/*-, é\\\n\t0123456789abc%"
+    for _ in range(500):
+        sql = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        assert isinstance(normalize(sql), str)
+        assert len(fingerprint(sql)) == 16
+
+
+def test_nul_does_not_hide_the_rest_of_the_text() -> None:
+    assert normalize(f"SELECT a\x00, '{SECRET}' FROM t") == "SELECT a , $1 FROM t"
+
+
+def test_fingerprint_groups_by_shape() -> None:
+    a = fingerprint("SELECT * FROM t WHERE id = 1 AND name IN ('a', 'b')")
+    b = fingerprint("select *  from t where id = 99 and name in ('c')")
+    c = fingerprint("SELECT * FROM t WHERE id = %(id_1)s AND name IN (%(n_1)s, %(n_2)s, %(n_3)s)")
+    other = fingerprint("SELECT * FROM u WHERE id = 1")
+    assert a == b == c
+    assert other != a
+    assert len(a) == 16
+    assert all(ch in "0123456789abcdef" for ch in a)
+
+
+def test_fingerprint_of_unparseable_text_is_stable_and_literal_blind() -> None:
+    first = fingerprint(f"UPDATE t SET token = 'abc' WHERE id = 5 AND x = '{SECRET}")
+    second = fingerprint("UPDATE t SET token = 'zzz' WHERE id = 6 AND x = 'other")
+    assert first == second
+    assert first != fingerprint("UPDATE t SET token = 'abc' WHERE name = 5 AND x = 'y")
+
+
+def test_long_text_is_cut_and_still_safe() -> None:
+    statement = "INSERT INTO t VALUES " + ", ".join(f"({i}, '{SECRET}')" for i in range(5_000))
+    started = time.perf_counter()
+    result = normalize(statement)
+    key = fingerprint(statement)
+    elapsed_s = time.perf_counter() - started
+    assert result.endswith("…")
+    assert len(result) <= sqltext.MAX_SCAN_CHARS
+    assert SECRET not in result
+    assert len(key) == 16
+    assert elapsed_s < 2.0
+
+
+def test_cached_calls_are_fast() -> None:
+    sqltext.cache_clear()
+    statement = "SELECT " + ", ".join(f"c{i}" for i in range(100)) + " FROM t WHERE a = 'x'"
+    started = time.perf_counter()
+    for _ in range(2_000):
+        normalize(statement)
+        fingerprint(statement)
+    elapsed_s = time.perf_counter() - started
+    assert elapsed_s < 0.5  # cache hits; an uncached pass costs ~1 ms
+    info = sqltext._normalize_cached.cache_info()
+    assert info.hits >= 1_999
+    assert info.maxsize == sqltext.CACHE_SIZE
