@@ -1,0 +1,129 @@
+"""The demo app with the monitor on vs off: throughput and p99 latency under wrk, side by side.
+
+Two app processes (MONITOR_ENABLED=true / false) share one database; wrk runs alternate between
+them for a CRUD read (GET /products/{id}) and a CRUD write (POST /products). Prints the median
+throughput ratio (on/off; goal >= 0.97) and the p99 difference (goal <= 1 ms).
+Run: `.venv/bin/python bench/overhead.py` (needs `wrk`; DATABASE_URL or the local PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
+
+WRITE_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"name": "bench", "price": 1.5}'
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_app(enabled: bool, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": DATABASE_URL,
+        "MONITOR_ENABLED": "true" if enabled else "false",
+        "MONITOR_POOL_SIZE": "10",
+        "MONITOR_LEAK_THRESHOLD_S": "30",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "monitor.app:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"app on port {port} did not become ready")
+
+
+def wrk(url: str, script: Path | None) -> tuple[float, float]:
+    """Requests per second and p99 latency in ms for one run."""
+    command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", url]
+    if script is not None:
+        command[1:1] = ["-s", str(script)]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+    p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    if "Non-2xx" in output:
+        raise SystemExit(f"wrk saw errors:\n{output}")
+    return rps, p99_ms
+
+
+def main() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (Debian package 'wrk')")
+    ports = {True: free_port(), False: free_port()}
+    apps = {enabled: start_app(enabled, port) for enabled, port in ports.items()}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(WRITE_LUA)
+    try:
+        product = httpx.post(
+            f"http://127.0.0.1:{ports[False]}/products", json={"name": "read-me", "price": 1}
+        ).json()
+        cases = {
+            "read  GET /products/{id}": (f"/products/{product['id']}", None),
+            "write POST /products": ("/products", Path(lua.name)),
+        }
+        print(f"wrk -t2 -c{CONNECTIONS} -d{SECONDS}s, {ROUNDS} alternating rounds per case")
+        print(
+            f"{'case':26} {'off rps':>9} {'on rps':>9} {'ratio':>7} {'off p99':>9} {'on p99':>9} {'diff':>8}"
+        )
+        for name, (path, script) in cases.items():
+            results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+            for round_index in range(ROUNDS):
+                order = (False, True) if round_index % 2 == 0 else (True, False)
+                for enabled in order:
+                    results[enabled].append(wrk(f"http://127.0.0.1:{ports[enabled]}{path}", script))
+            ratio = statistics.median(
+                on[0] / off[0] for on, off in zip(results[True], results[False], strict=True)
+            )
+            p99_diff = statistics.median(
+                on[1] - off[1] for on, off in zip(results[True], results[False], strict=True)
+            )
+            off_rps = statistics.median(r[0] for r in results[False])
+            on_rps = statistics.median(r[0] for r in results[True])
+            off_p99 = statistics.median(r[1] for r in results[False])
+            on_p99 = statistics.median(r[1] for r in results[True])
+            print(
+                f"{name:26} {off_rps:9.0f} {on_rps:9.0f} {ratio:7.3f} {off_p99:7.2f}ms {on_p99:7.2f}ms "
+                f"{p99_diff:+7.2f}ms  (goals: ratio >= 0.97, p99 diff <= 1 ms)"
+            )
+    finally:
+        for process in apps.values():
+            process.terminate()
+            process.wait(timeout=15)
+        os.unlink(lua.name)
+
+
+if __name__ == "__main__":
+    main()
