@@ -15,6 +15,7 @@ from sqlalchemy.pool import NullPool
 
 from monitor.demo.db import SchemaGate, make_engine, make_session_factory
 from monitor.demo.routes import products, users
+from monitor.demo.scenarios import install_demo, release_demo
 from monitor.embedded import EmbeddedPostgres
 from monitor.errors import install_error_handlers
 from monitor.pool_monitor import PoolMonitor
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            release_demo(app)  # before detach: the monitor sees the leaks resolve
             if monitor is not None:
                 monitor.detach()
             engine.dispose()
@@ -62,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(products)
     app.include_router(users)
+    if settings.demo_routes:
+        install_demo(app, settings)
     if settings.enabled:
         add_monitor_routes(app)
     _add_health_routes(app)

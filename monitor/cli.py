@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
@@ -16,6 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The probe and the leak sweep run every few seconds: their scheduler's INFO lines are noise.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         result: int = args.handler(args)
     except ValidationError as exc:
@@ -36,7 +40,57 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
         command.add_argument("--port", type=int, default=8000)
         command.set_defaults(handler=handler)
+
+    load = commands.add_parser(
+        "load", help="send a CRUD load to a running app, then print a latency summary"
+    )
+    load.add_argument("--url", default="http://127.0.0.1:8000", help="the app's base URL")
+    load.add_argument("--duration", type=_bounded(float, 0, 86400), default=10.0, help="seconds")
+    load.add_argument("--concurrency", type=_bounded(int, 0, 512), default=8, help="threads")
+    load.add_argument("--seed", type=int, default=None, help="make the request mix repeatable")
+    load.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    load.set_defaults(handler=_load)
     return parser
+
+
+def _bounded(kind: type[float] | type[int], low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in (low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(f"must be above {low:g} and at most {high:g}")
+        return value
+
+    return parse
+
+
+def _load(args: argparse.Namespace) -> int:
+    from monitor.demo.load import LoadTargetUnreachable, format_summary, run_load
+
+    # httpx logs every request at INFO: that would bury the progress line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        summary = run_load(
+            args.url,
+            args.duration,
+            int(args.concurrency),
+            seed=args.seed,
+            # A progress line rewritten with \r only makes sense on a terminal.
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+    except LoadTargetUnreachable as exc:
+        print(f"pool-monitor load: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"pool-monitor load: {exc}", file=sys.stderr)
+        return 2
+    # HTTP errors are part of the result (an exhausted pool answers 503): shown, exit 0.
+    print(format_summary(summary))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -55,15 +109,71 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
 
     overrides = {"demo_routes": True, "demo_background_load": True} if demo else {}
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.demo_routes and not _is_loopback(args.host) and not settings.demo_allow_remote:
+        print(
+            "pool-monitor: demo routes break the app on purpose; refusing to serve them on "
+            f"{args.host}. Bind 127.0.0.1 or set MONITOR_DEMO_ALLOW_REMOTE=true.",
+            file=sys.stderr,
+        )
+        return 2
     app = create_app(settings)
     base = f"http://{_display_host(args.host)}:{args.port}"
     print(
         f"pool-monitor: app on {base}/ , dashboard {base}/monitor/ , metrics {base}/metrics",
         flush=True,
     )
-    # One worker: the monitor's state and probe live in this process.
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info")
+    stop_load = _background_load_when_up(base) if settings.demo_background_load else None
+    try:
+        # One worker: the monitor's state and probe live in this process.
+        uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info")
+    finally:
+        if stop_load is not None:
+            stop_load()
     return 0
+
+
+def _background_load_when_up(base: str) -> Callable[[], None]:
+    """Start the gentle demo load once /healthz answers (in a thread); returns its stop."""
+    import httpx
+
+    from monitor.demo.load import start_background_load
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    cancelled = threading.Event()
+    lock = threading.Lock()
+    started: list[Callable[[], None]] = []
+
+    def wait_then_start() -> None:
+        # The embedded PostgreSQL may run initdb first, hence the generous bound.
+        deadline = time.monotonic() + 120
+        while not cancelled.wait(0.25) and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                continue
+        else:
+            return
+        with lock:
+            if not cancelled.is_set():
+                started.append(start_background_load(base))
+                print("pool-monitor: background load running (~3 requests/s)", flush=True)
+
+    thread = threading.Thread(target=wait_then_start, name="demo-load-starter", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        cancelled.set()
+        thread.join(timeout=2)
+        with lock:
+            for stop_load in started:
+                stop_load()
+
+    return stop
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 def _display_host(host: str) -> str:

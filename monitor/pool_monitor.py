@@ -37,6 +37,7 @@ def _library_prefixes() -> tuple[str, ...]:
 
     here = Path(__file__).resolve().parent
     prefixes = {
+        "<",  # generated code, e.g. SQLAlchemy's "<sqlalchemy generated _go() wrapper ...>"
         str(Path(sqlalchemy.__file__).resolve().parent),
         str(here / "instrumentation"),
         str(here / "state"),

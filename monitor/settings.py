@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     trusted_hosts: str = "127.0.0.1,localhost,::1,testserver"
     demo_hold_ttl_s: Annotated[float, Field(gt=0, le=600)] = 60.0
     demo_background_load: bool = False
+    demo_allow_remote: bool = False
 
     @field_validator("database_url")
     @classmethod

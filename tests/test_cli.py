@@ -67,3 +67,14 @@ def test_invalid_setting_is_a_clear_startup_error() -> None:
     )
     assert result.returncode == 2
     assert "leak_threshold_s" in result.stderr and "greater than 0" in result.stderr
+
+
+def test_demo_refuses_a_public_bind_without_override() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "demo", "--host", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "MONITOR_DEMO_ALLOW_REMOTE" in result.stderr

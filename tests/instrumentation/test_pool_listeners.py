@@ -225,3 +225,16 @@ def test_listener_failure_is_counted_and_never_raised(
             assert conn.scalar(text("SELECT 1")) == 1
     assert monitor.pool_snapshot().counters.listener_errors == 3
     assert sum("listener 'checkout' failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_orm_session_site_is_the_app_line(engine: Engine, monitor: PoolMonitor) -> None:
+    from sqlalchemy.orm import Session
+
+    session = Session(engine)
+    try:
+        session.execute(text("SELECT 1"))  # the ORM checks out here, through generated code
+        (view,) = [c for c in monitor.pool_snapshot().connections if c.checked_out]
+        assert view.site[0].filename == __file__
+        assert "session.execute" in view.site[0].source
+    finally:
+        session.close()

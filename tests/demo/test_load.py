@@ -1,0 +1,199 @@
+"""The load generator and `pool-monitor load` against the app served by uvicorn on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+from monitor import cli
+from monitor.demo.load import (
+    LOAD_MIX,
+    LoadSummary,
+    LoadTargetUnreachable,
+    OperationSummary,
+    format_summary,
+    run_load,
+    start_background_load,
+)
+from tests.conftest import url_string
+from tests.demo.conftest import free_port
+
+
+def test_load_against_a_served_app(
+    served_app: tuple[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, app = served_app
+    summary = run_load(base, 2.0, 4, seed=7, progress=True)
+
+    assert summary.requests > 0
+    assert summary.errors == 0, summary.error_kinds
+    assert 0 < summary.p50_ms <= summary.p95_ms <= summary.p99_ms
+    assert 1.9 <= summary.duration_s < 8
+    assert sum(op.requests for op in summary.operations) == summary.requests
+    names = {op.name for op in summary.operations}
+    assert names <= set(LOAD_MIX) and {"create_product", "create_user", "list_products"} <= names
+    for op in summary.operations:
+        assert op.p50_ms <= op.p95_ms <= op.p99_ms
+    # Rows were really written, and every connection comes back (the session dependency may
+    # close a moment after the response went out).
+    assert httpx.get(f"{base}/users", timeout=5).json()["total"] > 0
+    deadline = time.monotonic() + 1
+    while app.state.engine.pool.checkedout() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert app.state.engine.pool.checkedout() == 0
+
+    progress = capsys.readouterr().err
+    assert "\r[" in progress and "req/s" in progress and progress.endswith("\n")
+
+
+def test_summary_is_an_aligned_table() -> None:
+    summary = LoadSummary(
+        base_url="http://127.0.0.1:8000",
+        duration_s=2.0,
+        concurrency=4,
+        requests=1234,
+        errors=3,
+        p50_ms=1.5,
+        p95_ms=4.3,
+        p99_ms=12.0,
+        operations=(
+            OperationSummary("create_user", 200, 3, 2.0, 5.0, 13.0),
+            OperationSummary("list_products", 1034, 0, 1.4, 4.0, 11.5),
+        ),
+        error_kinds=(("create_user: HTTP 503", 3),),
+    )
+    text = format_summary(summary)
+    lines = text.splitlines()
+    table = lines[lines.index("") + 1 : lines.index("errors:") - 1]
+    assert table[0].split()[:3] == ["operation", "requests", "errors"]
+    assert table[0].endswith("p50 ms  p95 ms  p99 ms")
+    assert table[-1].split() == ["total", "1234", "3", "1.5", "4.3", "12.0"]
+    assert len({len(line) for line in table}) == 1, "columns are not aligned"
+    assert "617.0 req/s" in text and "create_user: HTTP 503  3" in text
+
+
+def test_unreachable_target_is_refused_before_the_run() -> None:
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(LoadTargetUnreachable, match=f"127.0.0.1:{port}"):
+        run_load(f"http://127.0.0.1:{port}", 5.0, 2, progress=False)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("duration", "concurrency"), [(0, 1), (-1, 1), (float("nan"), 1), (1, 0), (1, 10_000)]
+)
+def test_bad_run_parameters_are_refused(duration: float, concurrency: int) -> None:
+    with pytest.raises(ValueError):
+        run_load("http://127.0.0.1:9", duration, concurrency, progress=False)
+
+
+def test_cli_load_against_a_closed_port_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    code = cli.main(["load", "--url", f"http://127.0.0.1:{port}", "--duration", "1"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert f"pool-monitor load: cannot reach http://127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["--duration", "0"], ["--concurrency", "0"], ["--duration", "x"]])
+def test_cli_load_rejects_bad_arguments(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["load", *args])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://127.0.0.1", "http://[::1"])
+def test_cli_load_rejects_a_malformed_url(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["load", "--url", url, "--duration", "1"]) == 2
+    assert "pool-monitor load: invalid URL" in capsys.readouterr().err
+
+
+def test_cli_load_prints_the_summary(
+    served_app: tuple[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, _ = served_app
+    code = cli.main(
+        ["load", "--url", base, "--duration", "1", "--concurrency", "2", "--no-progress"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "operation" in out and "total" in out and "req/s" in out
+    assert "\r[" not in err
+
+
+def test_cli_load_exits_zero_with_http_errors(
+    served_app: tuple[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, app = served_app
+    # The whole pool held by someone else: every CRUD request times out with 503.
+    connections = [app.state.engine.connect() for _ in range(5)]
+    try:
+        code = cli.main(
+            ["load", "--url", base, "--duration", "1", "--concurrency", "2", "--no-progress"]
+        )
+    finally:
+        for connection in connections:
+            connection.close()
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "errors:" in out and "HTTP 503" in out
+
+
+def test_background_load_is_gentle_and_stops(served_app: tuple[str, Any]) -> None:
+    base, app = served_app
+    monitor = app.state.pool_monitor
+    before = monitor.snapshot()["pool"]["counters"]["checkouts"]
+    stop = start_background_load(base, rate_per_s=5, seed=1)
+    time.sleep(1.5)
+    started = time.monotonic()
+    stop()
+    assert time.monotonic() - started < 3.5
+    checkouts = monitor.snapshot()["pool"]["counters"]["checkouts"] - before
+    assert 2 <= checkouts <= 15  # ~5 req/s for 1.5 s
+    time.sleep(0.5)
+    assert monitor.snapshot()["pool"]["counters"]["checkouts"] - before == checkouts
+
+
+def test_demo_command_starts_the_background_load(schema_url: URL) -> None:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": url_string(schema_url), "MONITOR_PROBE_INTERVAL_S": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "demo", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        checkouts = 0
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{base}/monitor/api/snapshot", timeout=1)
+                checkouts = response.json()["pool"]["counters"]["checkouts"]
+                if checkouts >= 3:
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.25)
+        assert checkouts >= 3, "no background load within 30 s"
+        # The demo routes are on in `demo`.
+        released = httpx.post(f"{base}/demo/release", headers={"HX-Request": "true"}, timeout=5)
+        assert released.status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=15)
+    assert process.returncode in (0, -signal.SIGTERM)
+    assert "background load running" in output
+    assert "demo scenario routes are enabled" in output
