@@ -18,6 +18,7 @@ from monitor.demo.routes import products, users
 from monitor.demo.scenarios import install_demo, release_demo
 from monitor.embedded import EmbeddedPostgres
 from monitor.errors import install_error_handlers
+from monitor.instrumentation.pools_seen import ignore_pool
 from monitor.pool_monitor import PoolMonitor
 from monitor.settings import Settings
 from monitor.urls import app_url, mask_url
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_factory = make_session_factory(engine)
         app.state.schema = SchemaGate(engine)
         app.state.readiness_engine = _readiness_engine(url)
+        ignore_pool(app.state.readiness_engine.pool)
         monitor = _attach_monitor(app, settings, engine, "embedded" if embedded else "DATABASE_URL")
         app.state.schema.ensure(quiet=True)
         try:

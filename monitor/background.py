@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from monitor.instrumentation.pools_seen import ignore_pool
 from monitor.probes.runner import ServerProbe
 from monitor.probes.scheduler import start_scheduler, stop_scheduler
 
@@ -29,6 +30,7 @@ class Background:
                 timeout_s=monitor.probe_timeout_s,
                 application_name=PROBE_APPLICATION_NAME,
             )
+            ignore_pool(self._probe.engine.pool)
             jobs.insert(0, ("server-probe", self._probe_then_sweep, monitor.probe_interval_s))
         probe = self._probe
 

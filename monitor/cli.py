@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=None, help="make the request mix repeatable")
     load.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     load.set_defaults(handler=_load)
+    selftest = commands.add_parser(
+        "selftest", help="trigger each demo scenario on a running app and check the monitor sees it"
+    )
+    selftest.add_argument("--url", default="http://127.0.0.1:8000")
+    selftest.add_argument("--token", default=None, help="dashboard token, if the app requires one")
+    selftest.set_defaults(handler=_selftest)
     return parser
 
 
@@ -91,6 +97,13 @@ def _load(args: argparse.Namespace) -> int:
     # HTTP errors are part of the result (an exhausted pool answers 503): shown, exit 0.
     print(format_summary(summary))
     return 0
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    from monitor.selftest import run_selftest
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return run_selftest(args.url, args.token)
 
 
 def _serve(args: argparse.Namespace) -> int:

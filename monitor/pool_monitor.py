@@ -160,10 +160,11 @@ class PoolMonitor:
     def pool_snapshot(self) -> PoolSnapshot:
         return self.tracker.snapshot(self.server_states())
 
-    def view(self) -> MonitorView:
-        """Pool and server joined, capacity and rule verdicts: what every reader shows."""
+    def view(self, *, detail: bool = True) -> MonitorView:
+        """Pool and server joined, capacity and rule verdicts: what every reader shows.
+        `detail=False` leaves out histories, sites and record lists (enough for metrics)."""
         health = self.server_health.snapshot()
-        pool = self.tracker.snapshot(_states(health))
+        pool = self.tracker.snapshot(_states(health), detail=detail)
         url = self.engine.url
         host = url.host or ""
         app = AppInfo(

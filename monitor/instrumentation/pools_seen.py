@@ -13,6 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.pool import Pool
 
 _pools: weakref.WeakSet[Any] = weakref.WeakSet()
+_ignored: weakref.WeakSet[Any] = weakref.WeakSet()  # the monitor's own probe and readiness pools
 _lock = threading.Lock()
 _installed = False
 
@@ -36,6 +37,11 @@ def watch_pools(current: Pool) -> None:
         _pools.add(current)
 
 
+def ignore_pool(pool: Pool) -> None:
+    """Leave out a pool that belongs to the monitor or the app's plumbing, not to the app."""
+    _ignored.add(pool)
+
+
 def pools_observed() -> int:
     """Live pools that have connected at least once (disposed ones drop out with their objects)."""
-    return sum(1 for pool in list(_pools) if pool.checkedin() or pool.checkedout())
+    return sum(1 for pool in list(_pools) if pool not in _ignored)

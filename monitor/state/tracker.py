@@ -312,24 +312,24 @@ class PoolTracker:
     # ---- readers -----------------------------------------------------------------------------
 
     def snapshot(
-        self,
-        server_states: Mapping[int, str | None] | None = None,
-        checked_out_by_pool: int | None = None,
+        self, server_states: Mapping[int, str | None] | None = None, *, detail: bool = True
     ) -> PoolSnapshot:
+        """Everything, or with `detail=False` no per-slot history, sites or record lists (what a
+        Prometheus scrape needs: counts and classes only, several times cheaper)."""
         now = self._clock()
         with self._lock:
             connections = tuple(
-                self._view(slot, now, server_states)
+                self._view(slot, now, server_states, detail)
                 for slot in sorted(self._open.values(), key=lambda s: s.id)
             )
             # Checked-out slots whose connection was closed under them (invalidated) still count.
             extra = tuple(
-                self._view(slot, now, server_states)
+                self._view(slot, now, server_states, detail)
                 for slot in self._out.values()
                 if slot.id not in self._open
             )
             leaks = tuple(
-                self._leak_record(slot, slot.leak, now)
+                self._leak_record(slot, slot.leak, now, detail)
                 for slot in sorted(self._out.values(), key=lambda s: s.checked_out_at or 0.0)
                 if slot.leak is not None
             )
@@ -355,12 +355,12 @@ class PoolTracker:
                 use_time=self.use_time.snapshot(),
                 create_time=self.create_time.snapshot(),
                 leaks=leaks,
-                resolved_leaks=tuple(self._resolved),
-                gc_reclaims=tuple(self._gc_reclaims),
-                timeouts=tuple(self._timeouts),
+                resolved_leaks=tuple(self._resolved) if detail else (),
+                gc_reclaims=tuple(self._gc_reclaims) if detail else (),
+                timeouts=tuple(self._timeouts) if detail else (),
                 slow_queries=tuple(sorted(slow, key=lambda g: g.total_s, reverse=True)),
-                multi_connection_requests=tuple(self._multi),
-                events=tuple(self._events),
+                multi_connection_requests=tuple(self._multi) if detail else (),
+                events=tuple(self._events) if detail else (),
             )
 
     @property
@@ -384,7 +384,11 @@ class PoolTracker:
         return self._wall() - (self._clock() - monotonic_at)
 
     def _view(
-        self, slot: Slot, now: float, server_states: Mapping[int, str | None] | None
+        self,
+        slot: Slot,
+        now: float,
+        server_states: Mapping[int, str | None] | None,
+        detail: bool = True,
     ) -> ConnectionView:
         checked_out_at = slot.checked_out_at if slot.id in self._out else None
         leak_class = None
@@ -400,21 +404,23 @@ class PoolTracker:
             checked_out_at=None if checked_out_at is None else self._to_wall(checked_out_at),
             held_for_s=None if checked_out_at is None else now - checked_out_at,
             holder=None if checked_out_at is None else describe(slot.request, slot.task),
-            site=format_site(slot.site) if checked_out_at is not None else (),
+            site=format_site(slot.site) if checked_out_at is not None and detail else (),
             checkouts=slot.checkouts,
             leak_class=leak_class,
             history=tuple(
-                LifecycleEvent(self._to_wall(at), kind, detail) for at, kind, detail in slot.history
-            ),
+                LifecycleEvent(self._to_wall(at), kind, note) for at, kind, note in slot.history
+            )
+            if detail
+            else (),
         )
 
-    def _leak_record(self, slot: Slot, leak: _Leak, now: float) -> LeakRecord:
+    def _leak_record(self, slot: Slot, leak: _Leak, now: float, detail: bool = True) -> LeakRecord:
         held = now - slot.checked_out_at if slot.checked_out_at is not None else 0.0
         return LeakRecord(
             slot_id=slot.id,
             pid=slot.pid,
             holder=leak.holder,
-            site=format_site(leak.site),
+            site=format_site(leak.site) if detail else (),
             leak_class=leak.leak_class,
             detected_at=self._to_wall(leak.detected_at),
             held_for_s=held,

@@ -1,18 +1,247 @@
-"""Monitor HTTP routes; they only read snapshots."""
+"""Monitor HTTP routes: the dashboard, its HTMX partials and the JSON API; they only read snapshots."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
+import os
+import threading
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from monitor.state.view import MonitorView
+from monitor.web import views
+from monitor.web.history import GaugeHistory
+from monitor.web.templating import asset_dir, get_templates
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/monitor", tags=["monitor"])
+
+HTMX_VERSION = "2.0.11"
+HTMX_CDN = f"https://cdn.jsdelivr.net/npm/htmx.org@{HTMX_VERSION}/dist/htmx.min.js"
+# sha384 of npm htmx.org@2.0.11 dist/htmx.min.js; a test checks the vendored copy matches it.
+HTMX_SRI = "sha384-2OatzQy1H+Zd/IIrjr1TcuDGqLXeHhbooAyJY1KdQMKnr4LZ22k31GBLdYKHmVjg"
+POLL_TRIGGER = "every 2s [document.visibilityState === 'visible']"
+TOKEN_COOKIE = "pool_monitor_session"
+HISTORY_ATTR = "monitor_gauge_history"
+
+# Dashboard layout: (panel, title, width in grid columns of 12).
+LAYOUT: tuple[tuple[str, str, int], ...] = (
+    ("gauges", "Pool", 12),
+    ("held", "Checked-out connections", 12),
+    ("leaks", "Suspected leaks", 12),
+    ("rules", "Connection guide rules", 6),
+    ("server", "Server sessions and capacity", 6),
+    ("probe", "Server probe", 4),
+    ("blocking", "Blocked and blocking sessions", 4),
+    ("orphans", "Orphans and phantoms", 4),
+    ("slow", "Slow queries", 8),
+    ("timeouts", "Pool timeouts", 4),
+)
+_NO_STORE = {"Cache-Control": "no-store"}
+_history_lock = threading.Lock()
+
+
+def mount_static(app: FastAPI) -> None:
+    """Serve `static/` (htmx, CSS) at /monitor/static; public, it holds no data."""
+    app.mount("/monitor/static", StaticFiles(directory=asset_dir("static")), name="monitor_static")
+
+
+# ---- access control --------------------------------------------------------------------------
+
+
+def _expected_token(request: Request) -> str | None:
+    monitor = getattr(request.app.state, "pool_monitor", None)
+    token = getattr(monitor, "dashboard_token", None)
+    if not token:
+        # Still enforced while the monitor itself failed to start.
+        token = getattr(getattr(request.app.state, "settings", None), "dashboard_token", None)
+    return token if isinstance(token, str) and token else None
+
+
+def _cookie_value(token: str) -> str:
+    # The cookie carries a digest of the token, so a leaked cookie jar does not reveal it.
+    return hmac.new(token.encode(), b"pool-monitor dashboard session", hashlib.sha256).hexdigest()
+
+
+def _same(offered: str, expected: str) -> bool:
+    return hmac.compare_digest(offered.encode(), expected.encode())
+
+
+def _authorize(request: Request) -> Response | None:
+    """None when allowed; else a redirect that trades `?token=` for a cookie, or a 401."""
+    token = _expected_token(request)
+    if token is None:
+        return None
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and _same(credentials.strip(), token):
+        return None
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    if cookie is not None and _same(cookie, _cookie_value(token)):
+        return None
+    offered = request.query_params.get("token")
+    if offered is not None and _same(offered, token):
+        # Redirect so the token leaves the address bar and the browser history.
+        target = request.url.remove_query_params("token")
+        location = target.path + (f"?{target.query}" if target.query else "")
+        response = RedirectResponse(location, status_code=303, headers=_NO_STORE)
+        response.set_cookie(
+            TOKEN_COOKIE,
+            _cookie_value(token),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path=request.scope.get("root_path", "") + "/monitor",
+        )
+        return response
+    return JSONResponse(
+        {"detail": "dashboard token required"},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer realm="pool-monitor"', **_NO_STORE},
+    )
+
+
+# ---- rendering -------------------------------------------------------------------------------
+
+
+def _history(app: Any) -> GaugeHistory:
+    with _history_lock:
+        history: GaugeHistory | None = getattr(app.state, HISTORY_ATTR, None)
+        if history is None:
+            history = GaugeHistory()
+            setattr(app.state, HISTORY_ATTR, history)
+        return history
+
+
+def _context(request: Request, view: MonitorView) -> views.RenderContext:
+    """Record this render's gauges (at most once a second) and return what builders need."""
+    history = _history(request.app)
+    stats = view.pool_stats
+    history.record(
+        used=stats.checked_out,
+        idle=stats.checked_in,
+        overflow=stats.overflow,
+        pending=view.pool.pending_requests,
+        wait_counts=view.pool.wait_time.cumulative_counts,
+    )
+    return views.RenderContext(
+        cwd=os.getcwd(),
+        samples=history.samples(),
+        samples_now=history.now(),
+        window_s=history.window_s,
+    )
+
+
+def _page_globals(request: Request) -> dict[str, Any]:
+    root = request.scope.get("root_path", "")
+    base = root + "/monitor"
+    return {
+        "root": root,
+        "base": base,
+        "static": base + "/static",
+        "htmx_cdn": HTMX_CDN,
+        "htmx_sri": HTMX_SRI,
+        "htmx_local": f"{base}/static/vendor/htmx-{HTMX_VERSION}.min.js",
+        "poll_trigger": POLL_TRIGGER,
+    }
+
+
+def _monitor_view(request: Request) -> tuple[MonitorView | None, str | None]:
+    """The monitor's view, or None and the reason to show instead (never an exception)."""
+    monitor = getattr(request.app.state, "pool_monitor", None)
+    if monitor is None:
+        return None, "The monitor is not running in this process (no pool_monitor on the app)."
+    try:
+        view: MonitorView = monitor.view()
+    except Exception as exc:
+        log.exception("monitor view failed")
+        return None, f"The monitor could not read its state ({type(exc).__name__})."
+    return view, None
+
+
+def _build(name: str, view: MonitorView, ctx: views.RenderContext) -> tuple[object, str | None]:
+    try:
+        return views.build_panel(name, view, ctx), None
+    except Exception as exc:
+        log.exception("dashboard panel %s failed", name)
+        return None, f"This panel failed to render ({type(exc).__name__}); see the server log."
+
+
+def _render(request: Request, name: str, context: dict[str, Any]) -> Response:
+    """Render a template; a template error becomes the 'unavailable' fragment, still HTTP 200."""
+    templates = get_templates()
+    try:
+        return templates.TemplateResponse(request, name, context, headers=_NO_STORE)
+    except Exception as exc:
+        log.exception("dashboard template %s failed", name)
+        problem = f"This view failed to render ({type(exc).__name__}); see the server log."
+        return templates.TemplateResponse(
+            request, "partials/_unavailable.html", {"problem": problem}, headers=_NO_STORE
+        )
+
+
+@router.get("/", include_in_schema=False)
+def dashboard(request: Request) -> Response:
+    """The whole dashboard, every panel rendered server-side so it reads without JavaScript."""
+    denied = _authorize(request)
+    if denied is not None:
+        return denied
+    view, problem = _monitor_view(request)
+    panels: dict[str, object] = {}
+    problems: dict[str, str] = {}
+    status: object = None
+    if view is not None:
+        ctx = _context(request, view)
+        status, status_problem = _build("status", view, ctx)
+        for name, _, _ in LAYOUT:
+            panels[name], panel_problem = _build(name, view, ctx)
+            if panel_problem:
+                problems[name] = panel_problem
+        if status_problem:
+            problem = status_problem
+    else:
+        problems = dict.fromkeys((name for name, _, _ in LAYOUT), problem or "")
+    demo = views.build_demo(getattr(request.app.state, "demo_scenarios", None))
+    context = {
+        **_page_globals(request),
+        "layout": LAYOUT,
+        "panels": panels,
+        "problems": problems,
+        "status": status,
+        "status_problem": problem,
+        "demo": demo,
+    }
+    return _render(request, "dashboard.html", context)
+
+
+@router.get("/partials/{panel}", include_in_schema=False)
+def partial(request: Request, panel: str) -> Response:
+    """One panel's fragment for HTMX polling; always 200, a degraded rendering on trouble."""
+    denied = _authorize(request)
+    if denied is not None:
+        return denied
+    if panel not in views.BUILDERS:
+        return JSONResponse({"detail": f"unknown panel {panel!r}"}, status_code=404)
+    view, problem = _monitor_view(request)
+    model: object = None
+    if view is not None:
+        model, problem = _build(panel, view, _context(request, view))
+    if problem is not None:
+        return _render(request, "partials/_unavailable.html", {"problem": problem})
+    return _render(request, f"partials/_{panel}.html", {**_page_globals(request), "p": model})
 
 
 @router.get("/api/snapshot")
 def snapshot(request: Request) -> Any:
     """The whole monitor snapshot as JSON: pool, held connections joined to the server, rules."""
+    denied = _authorize(request)
+    if denied is not None:
+        return denied
     monitor = getattr(request.app.state, "pool_monitor", None)
     if monitor is None:
         return JSONResponse({"detail": "monitor not started"}, status_code=503)

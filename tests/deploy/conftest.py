@@ -42,6 +42,9 @@ POOL_METRICS = frozenset(
         "sqlalchemy_slow_queries_total",
         "sqlalchemy_pool_multi_connection_requests_total",
         "sqlalchemy_pool_accounting_drift",
+        "pool_monitor_listener_errors_total",
+        "pool_monitor_orphan_sessions",
+        "pool_monitor_phantom_connections",
     }
 )
 """Metrics carrying the `pool_name` label."""
@@ -59,6 +62,8 @@ SERVER_METRICS = frozenset(
         "pool_monitor_probe_duration_seconds",
         "pool_monitor_probe_errors_total",
         "pool_monitor_probe_last_success_timestamp_seconds",
+        "pool_monitor_probe_skipped_total",
+        "pool_monitor_probe_hidden_queries",
     }
 )
 """Server-side and probe metrics: no `pool_name` label."""
@@ -68,7 +73,6 @@ HISTOGRAMS = frozenset(
         "db_client_connection_wait_time_seconds",
         "db_client_connection_use_time_seconds",
         "db_client_connection_create_time_seconds",
-        "pool_monitor_probe_duration_seconds",
     }
 )
 

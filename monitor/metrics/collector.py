@@ -1,0 +1,322 @@
+"""Prometheus view of the monitor: one `PoolMonitor.view()` per scrape, no metric state kept.
+
+Reads only in-memory snapshots: a scrape never touches the database or waits for a connection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from monitor.metrics import names
+from monitor.state.histogram import HistogramSnapshot
+from monitor.state.records import LeakClass
+from monitor.state.server import (
+    ServerHealthSnapshot,
+    ServerSample,
+    blocked_sessions,
+    max_tx_age_by_state,
+    sessions_by_state,
+)
+from monitor.state.view import MonitorView
+
+if TYPE_CHECKING:
+    from monitor.pool_monitor import PoolMonitor
+
+_POOL = [names.POOL_NAME]
+
+
+class MonitorCollector(Collector):
+    """Yields every pool, server and probe family from one view; nothing until a monitor exists."""
+
+    def __init__(self, get_monitor: Callable[[], PoolMonitor | None]) -> None:
+        self._get_monitor = get_monitor
+
+    def collect(self) -> Iterator[Metric]:
+        monitor = self._get_monitor()
+        if monitor is None:
+            return
+        view = monitor.view(detail=False)
+        yield from pool_families(view)
+        # Without a probe there is no server view at all; pg_up 0 would claim the server is down.
+        if monitor.probe_enabled:
+            yield from server_families(view)
+            yield from probe_families(view.server)
+
+    def describe(self) -> Iterable[Metric]:
+        # Registering must not take a view (the monitor may not exist yet).
+        return ()
+
+
+def pool_families(view: MonitorView) -> Iterator[Metric]:
+    """Client-side families of one pool, all labelled with its `pool_name`."""
+    pool, stats, counters = view.pool, view.pool_stats, view.pool.counters
+    labels = [pool.pool_name]
+
+    count = GaugeMetricFamily(
+        names.CONNECTION_COUNT,
+        "Connections of the pool by state: used (checked out) or idle (in the pool).",
+        labels=[names.POOL_NAME, names.STATE],
+    )
+    count.add_metric([pool.pool_name, names.STATE_USED], stats.checked_out)
+    count.add_metric([pool.pool_name, names.STATE_IDLE], stats.checked_in)
+    yield count
+    yield _gauge(
+        names.CONNECTION_MAX,
+        "Most connections the pool may open (pool_size + max_overflow).",
+        labels,
+        stats.max_connections,
+    )
+    yield _gauge(
+        names.CONNECTION_IDLE_MAX,
+        "Most idle connections the pool keeps open (pool_size).",
+        labels,
+        stats.size,
+    )
+    yield _gauge(
+        names.PENDING_REQUESTS,
+        "Callers waiting for a connection of the pool right now.",
+        labels,
+        pool.pending_requests,
+    )
+    yield _counter(
+        names.TIMEOUTS_TOTAL,
+        "Checkouts that gave up after the pool timeout.",
+        labels,
+        counters.timeouts,
+    )
+    yield _histogram(
+        names.WAIT_TIME_SECONDS,
+        "Seconds a checkout waited for a connection.",
+        labels,
+        pool.wait_time,
+    )
+    yield _histogram(
+        names.USE_TIME_SECONDS,
+        "Seconds a connection stayed checked out, from checkout to checkin.",
+        labels,
+        pool.use_time,
+    )
+    yield _histogram(
+        names.CREATE_TIME_SECONDS,
+        "Seconds taken to open a new database connection.",
+        labels,
+        pool.create_time,
+    )
+    yield _gauge(
+        names.POOL_OVERFLOW,
+        "Connections open beyond pool_size right now.",
+        labels,
+        stats.overflow,
+    )
+
+    current = Counter(leak.leak_class.value for leak in pool.leaks)
+    leaked = GaugeMetricFamily(
+        names.LEAKED_CONNECTIONS,
+        "Connections held past the leak threshold right now, by what the server sees them do.",
+        labels=[names.POOL_NAME, names.CLASS],
+    )
+    leaks_total = CounterMetricFamily(
+        names.LEAKS_TOTAL,
+        "Connections flagged as leaked, by class at detection.",
+        labels=[names.POOL_NAME, names.CLASS],
+    )
+    # Every class is always present so rate() and alerts see a 0 rather than no series.
+    for leak_class in LeakClass:
+        leaked.add_metric([pool.pool_name, leak_class.value], current[leak_class.value])
+        leaks_total.add_metric(
+            [pool.pool_name, leak_class.value], counters.leaks_by_class.get(leak_class.value, 0)
+        )
+    yield leaked
+    yield leaks_total
+
+    yield _counter(
+        names.GC_RECLAIMED_TOTAL,
+        "Checked-out connections returned to the pool by the garbage collector (never closed).",
+        labels,
+        counters.gc_reclaimed,
+    )
+    invalidations = CounterMetricFamily(
+        names.INVALIDATIONS_TOTAL,
+        "Connections invalidated: hard (closed at once) or soft (replaced at next checkout).",
+        labels=[names.POOL_NAME, names.KIND],
+    )
+    invalidations.add_metric([pool.pool_name, names.INVALIDATION_HARD], counters.invalidations_hard)
+    invalidations.add_metric([pool.pool_name, names.INVALIDATION_SOFT], counters.invalidations_soft)
+    yield invalidations
+    yield _counter(
+        names.CHECKOUTS_TOTAL, "Connections checked out of the pool.", labels, counters.checkouts
+    )
+    yield _counter(
+        names.SLOW_QUERIES_TOTAL,
+        "Statements that ran longer than the slow-query threshold.",
+        labels,
+        counters.slow_queries,
+    )
+    yield _counter(
+        names.MULTI_CONNECTION_REQUESTS_TOTAL,
+        "Requests that held more than one connection of the pool at once.",
+        labels,
+        counters.multi_connection_requests,
+    )
+    yield _gauge(
+        names.ACCOUNTING_DRIFT,
+        "Checked-out connections the monitor counts minus those the pool counts (0 when exact).",
+        labels,
+        view.drift,
+    )
+    yield _counter(
+        names.LISTENER_ERRORS_TOTAL,
+        "Failures inside the monitor's pool listeners (swallowed, never raised into the app).",
+        labels,
+        counters.listener_errors,
+    )
+
+
+def server_families(view: MonitorView) -> Iterator[Metric]:
+    """`pg_up` always; the rest only from a fresh sample, never stale numbers while down."""
+    health = view.server
+    yield GaugeMetricFamily(
+        names.PG_UP,
+        "1 when the last probe reached PostgreSQL, 0 when it failed or has not finished yet.",
+        value=1 if health.up is True else 0,
+    )
+    sample = health.last_sample if health.up is True else None
+    if sample is None:
+        return
+    yield from _activity_families(sample)
+
+    settings = sample.settings
+    yield GaugeMetricFamily(
+        names.MAX_CONNECTIONS,
+        "PostgreSQL max_connections setting.",
+        value=settings.max_connections,
+    )
+    yield GaugeMetricFamily(
+        names.SUPERUSER_RESERVED_CONNECTIONS,
+        "PostgreSQL superuser_reserved_connections setting.",
+        value=settings.superuser_reserved_connections,
+    )
+    yield GaugeMetricFamily(
+        names.RESERVED_CONNECTIONS,
+        "PostgreSQL reserved_connections setting (16 and later; 0 before).",
+        value=settings.reserved_connections,
+    )
+    blocked = Counter({sample.database: 0})
+    blocked.update(b.datname or sample.database for b in blocked_sessions(sample))
+    family = GaugeMetricFamily(
+        names.BLOCKED_SESSIONS,
+        "Sessions waiting on a lock held by another session.",
+        labels=[names.DATNAME],
+    )
+    for datname, number in sorted(blocked.items()):
+        family.add_metric([datname], number)
+    yield family
+    if view.capacity.used_ratio is not None:
+        yield GaugeMetricFamily(
+            names.SERVER_CONNECTIONS_USED_RATIO,
+            "Client sessions on the server over the connections open to ordinary roles (0-1).",
+            value=view.capacity.used_ratio,
+        )
+    pool_label = [view.pool.pool_name]
+    yield _gauge(
+        names.ORPHAN_SESSIONS,
+        "Server sessions with this pool's application_name that the pool does not know.",
+        pool_label,
+        len(view.orphans),
+    )
+    yield _gauge(
+        names.PHANTOM_CONNECTIONS,
+        "Pool connections whose server backend no longer exists.",
+        pool_label,
+        len(view.phantoms),
+    )
+    yield GaugeMetricFamily(
+        names.PROBE_HIDDEN_QUERIES,
+        "Sessions of the last probe whose query text this role may not read (grant pg_monitor).",
+        value=health.hidden_queries,
+    )
+
+
+def _activity_families(sample: ServerSample) -> Iterator[Metric]:
+    count = GaugeMetricFamily(
+        names.ACTIVITY_COUNT,
+        "Client sessions of the database by state (every state present, 0 when empty).",
+        labels=[names.DATNAME, names.STATE],
+    )
+    for (datname, state), number in sessions_by_state(sample).items():
+        count.add_metric([datname, state], number)
+    yield count
+    age = GaugeMetricFamily(
+        names.ACTIVITY_MAX_TX_DURATION,
+        "Seconds the oldest open transaction has run, by database and session state.",
+        labels=[names.DATNAME, names.STATE],
+    )
+    for (datname, state), seconds in max_tx_age_by_state(sample).items():
+        age.add_metric([datname, state], seconds)
+    yield age
+
+
+def probe_families(health: ServerHealthSnapshot) -> Iterator[Metric]:
+    """The probe's own health; kept while the server is down (that is when it matters)."""
+    if health.probe_durations_s:
+        # A gauge, not a histogram: the snapshot keeps a bounded window of durations, which
+        # cannot be turned into the cumulative buckets a Prometheus histogram requires.
+        yield GaugeMetricFamily(
+            names.PROBE_DURATION_SECONDS,
+            "Seconds the most recent server probe took (success or failure).",
+            value=health.probe_durations_s[-1],
+        )
+    yield CounterMetricFamily(
+        names.PROBE_ERRORS_TOTAL, "Server probes that failed.", value=health.errors_total
+    )
+    yield CounterMetricFamily(
+        names.PROBE_SKIPPED_TOTAL,
+        "Probe ticks skipped because the previous probe was still running.",
+        value=health.skipped_total,
+    )
+    if health.last_success_at is not None:
+        yield GaugeMetricFamily(
+            names.PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS,
+            "Unix time of the last successful server probe.",
+            value=health.last_success_at,
+        )
+
+
+def _gauge(name: str, documentation: str, labels: list[str], value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=_POOL)
+    family.add_metric(labels, value)
+    return family
+
+
+def _counter(name: str, documentation: str, labels: list[str], value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=_POOL)
+    family.add_metric(labels, value)
+    return family
+
+
+def _histogram(
+    name: str, documentation: str, labels: list[str], snapshot: HistogramSnapshot
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=_POOL)
+    buckets = [
+        (_le(bound), float(count))
+        for bound, count in zip(snapshot.bounds, snapshot.cumulative_counts, strict=True)
+    ]
+    family.add_metric(labels, buckets, snapshot.sum)
+    return family
+
+
+def _le(bound: float) -> str:
+    """Bucket bound as client_python writes it (`0.005`, `1.0`, `+Inf`)."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))

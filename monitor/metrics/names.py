@@ -1,0 +1,61 @@
+"""Exposed metric names and label values: a contract with the Grafana dashboard and alert rules.
+
+Names are written as Prometheus shows them (counters with `_total`) so they can be grepped.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ---- pool side (label pool_name): OpenTelemetry db.client.connection.* for Prometheus --------
+CONNECTION_COUNT: Final = "db_client_connection_count"
+CONNECTION_MAX: Final = "db_client_connection_max"
+CONNECTION_IDLE_MAX: Final = "db_client_connection_idle_max"
+PENDING_REQUESTS: Final = "db_client_connection_pending_requests"
+TIMEOUTS_TOTAL: Final = "db_client_connection_timeouts_total"
+WAIT_TIME_SECONDS: Final = "db_client_connection_wait_time_seconds"
+USE_TIME_SECONDS: Final = "db_client_connection_use_time_seconds"
+CREATE_TIME_SECONDS: Final = "db_client_connection_create_time_seconds"
+
+# ---- pool side: SQLAlchemy extensions ------------------------------------------------------
+POOL_OVERFLOW: Final = "sqlalchemy_pool_overflow"
+LEAKED_CONNECTIONS: Final = "sqlalchemy_pool_leaked_connections"
+LEAKS_TOTAL: Final = "sqlalchemy_pool_leaks_total"
+GC_RECLAIMED_TOTAL: Final = "sqlalchemy_pool_gc_reclaimed_total"
+INVALIDATIONS_TOTAL: Final = "sqlalchemy_pool_invalidations_total"
+CHECKOUTS_TOTAL: Final = "sqlalchemy_pool_checkouts_total"
+SLOW_QUERIES_TOTAL: Final = "sqlalchemy_slow_queries_total"
+MULTI_CONNECTION_REQUESTS_TOTAL: Final = "sqlalchemy_pool_multi_connection_requests_total"
+ACCOUNTING_DRIFT: Final = "sqlalchemy_pool_accounting_drift"
+LISTENER_ERRORS_TOTAL: Final = "pool_monitor_listener_errors_total"
+PHANTOM_CONNECTIONS: Final = "pool_monitor_phantom_connections"
+ORPHAN_SESSIONS: Final = "pool_monitor_orphan_sessions"
+
+# ---- server side, postgres_exporter-compatible (no pool_name) -------------------------------
+PG_UP: Final = "pg_up"
+ACTIVITY_COUNT: Final = "pg_stat_activity_count"
+ACTIVITY_MAX_TX_DURATION: Final = "pg_stat_activity_max_tx_duration"
+MAX_CONNECTIONS: Final = "pg_settings_max_connections"
+SUPERUSER_RESERVED_CONNECTIONS: Final = "pg_settings_superuser_reserved_connections"
+RESERVED_CONNECTIONS: Final = "pg_settings_reserved_connections"
+BLOCKED_SESSIONS: Final = "pool_monitor_blocked_sessions"
+SERVER_CONNECTIONS_USED_RATIO: Final = "pool_monitor_server_connections_used_ratio"
+
+# ---- the probe itself ----------------------------------------------------------------------
+PROBE_DURATION_SECONDS: Final = "pool_monitor_probe_duration_seconds"
+PROBE_ERRORS_TOTAL: Final = "pool_monitor_probe_errors_total"
+PROBE_SKIPPED_TOTAL: Final = "pool_monitor_probe_skipped_total"
+PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS: Final = "pool_monitor_probe_last_success_timestamp_seconds"
+PROBE_HIDDEN_QUERIES: Final = "pool_monitor_probe_hidden_queries"
+
+# ---- labels --------------------------------------------------------------------------------
+POOL_NAME: Final = "pool_name"
+STATE: Final = "state"
+CLASS: Final = "class"
+KIND: Final = "kind"
+DATNAME: Final = "datname"
+
+STATE_USED: Final = "used"
+STATE_IDLE: Final = "idle"
+INVALIDATION_HARD: Final = "hard"
+INVALIDATION_SOFT: Final = "soft"

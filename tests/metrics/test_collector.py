@@ -1,0 +1,216 @@
+"""The collector against a running app on real PostgreSQL: known situations, known numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import Engine
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from monitor.metrics import names
+from monitor.metrics.collector import MonitorCollector
+from monitor.pool_monitor import PoolMonitor
+from monitor.state.records import LeakClass
+from monitor.state.server import ACTIVITY_STATES
+from monitor.state.view import MonitorView
+from tests.metrics.conftest import POOL, holding, wait_for
+
+Sample = Callable[..., float | None]
+IDLE_IN_TX = "idle in transaction"
+
+
+class _Replaced:
+    """The app's monitor with its view passed through `change` (for states PostgreSQL won't enter)."""
+
+    def __init__(
+        self, monitor: PoolMonitor, change: Callable[[MonitorView], MonitorView], *, probe: bool
+    ) -> None:
+        self._monitor = monitor
+        self._change = change
+        self.probe_enabled = probe
+
+    def view(self, *, detail: bool = True) -> MonitorView:
+        return self._change(self._monitor.view(detail=detail))
+
+
+def _registry_of(source: Any) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MonitorCollector(lambda: source))
+    return registry
+
+
+def test_nothing_is_exposed_before_the_monitor_exists() -> None:
+    registry = _registry_of(None)
+    assert list(registry.collect()) == []
+    assert generate_latest(registry) == b""
+
+
+def test_used_and_idle_follow_held_connections(engine: Engine, sample: Sample) -> None:
+    pool: Any = engine.pool
+    checkouts_before = sample(names.CHECKOUTS_TOTAL, pool_name=POOL)
+    assert checkouts_before is not None
+    with holding(engine, 2):
+        assert sample(names.CONNECTION_COUNT, pool_name=POOL, state="used") == 2
+        assert sample(names.CONNECTION_COUNT, pool_name=POOL, state="idle") == pool.checkedin()
+        assert sample(names.POOL_OVERFLOW, pool_name=POOL) == 0
+    assert sample(names.CONNECTION_COUNT, pool_name=POOL, state="used") == 0
+    idle = sample(names.CONNECTION_COUNT, pool_name=POOL, state="idle")
+    assert idle is not None and idle >= 2  # both came back to the pool
+    assert sample(names.CHECKOUTS_TOTAL, pool_name=POOL) == checkouts_before + 2
+    assert sample(names.CONNECTION_MAX, pool_name=POOL) == 5  # pool_size 3 + max_overflow 2
+    assert sample(names.CONNECTION_IDLE_MAX, pool_name=POOL) == 3
+    assert sample(names.ACCOUNTING_DRIFT, pool_name=POOL) == 0
+
+
+def test_overflow_counts_connections_beyond_pool_size(engine: Engine, sample: Sample) -> None:
+    with holding(engine, 5):
+        assert sample(names.CONNECTION_COUNT, pool_name=POOL, state="used") == 5
+        assert sample(names.POOL_OVERFLOW, pool_name=POOL) == 2
+
+
+def test_outside_idle_in_transaction_session_shows_after_a_probe(
+    outside_session: Any, sample: Sample, monitor: PoolMonitor
+) -> None:
+    datname = monitor.engine.url.database
+    assert datname
+
+    def idle_in_tx() -> tuple[float | None, float | None]:
+        return (
+            sample(names.ACTIVITY_COUNT, datname=datname, state=IDLE_IN_TX),
+            sample(names.ACTIVITY_MAX_TX_DURATION, datname=datname, state=IDLE_IN_TX),
+        )
+
+    # The transaction is open since the fixture ran, so its age keeps growing past 0.5 s.
+    count, age = wait_for(idle_in_tx, lambda v: (v[0] or 0) >= 1 and (v[1] or 0) >= 0.5)
+    assert count is not None and count >= 1
+    assert age is not None and 0.5 <= age < 120
+    assert sample(names.PG_UP) == 1
+    # postgres_exporter's contract: every state of the database is present, 0 when empty.
+    for state in ACTIVITY_STATES:
+        assert sample(names.ACTIVITY_COUNT, datname=datname, state=state) is not None, state
+        assert sample(names.ACTIVITY_MAX_TX_DURATION, datname=datname, state=state) is not None
+
+
+def test_a_leak_past_the_threshold_is_exposed_by_class(engine: Engine, sample: Sample) -> None:
+    def leaked(leak_class: LeakClass) -> float | None:
+        return sample(names.LEAKED_CONNECTIONS, pool_name=POOL, **{"class": leak_class.value})
+
+    assert [leaked(c) for c in LeakClass] == [0, 0, 0, 0]
+    with holding(engine, 1, in_transaction=True):
+        # Threshold 1 s; the sweep after each probe classifies it from pg_stat_activity.
+        wait_for(lambda: leaked(LeakClass.IDLE_IN_TRANSACTION), lambda v: v == 1)
+        assert sum(leaked(c) or 0 for c in LeakClass) == 1
+        total = sample(names.LEAKS_TOTAL, pool_name=POOL, **{"class": "idle_in_transaction"})
+        assert total is not None and total >= 1
+    assert [leaked(c) for c in LeakClass] == [0, 0, 0, 0]
+    assert sum(
+        sample(names.LEAKS_TOTAL, pool_name=POOL, **{"class": c.value}) or 0 for c in LeakClass
+    ) == 1  # fmt: skip
+
+
+def test_pool_timeout_counts_and_pending_request_shows(engine: Engine, sample: Sample) -> None:
+    assert sample(names.TIMEOUTS_TOTAL, pool_name=POOL) == 0
+    waits_before = sample(names.WAIT_TIME_SECONDS + "_count", pool_name=POOL) or 0
+    failures: list[BaseException] = []
+
+    def wait_for_a_connection() -> None:
+        try:
+            engine.connect().close()
+        except PoolTimeoutError as exc:
+            failures.append(exc)
+
+    with holding(engine, 5):
+        waiter = threading.Thread(target=wait_for_a_connection)
+        waiter.start()
+        # The pool timeout is 1 s: the waiter is visible for about that long.
+        wait_for(
+            lambda: sample(names.PENDING_REQUESTS, pool_name=POOL), lambda v: v == 1, timeout_s=0.9
+        )
+        waiter.join(timeout=10)
+        assert not waiter.is_alive()
+    assert len(failures) == 1
+    assert sample(names.TIMEOUTS_TOTAL, pool_name=POOL) == 1
+    assert sample(names.PENDING_REQUESTS, pool_name=POOL) == 0
+    # Every checkout is a wait: five held ones, then the one that timed out.
+    assert sample(names.WAIT_TIME_SECONDS + "_count", pool_name=POOL) == waits_before + 6
+    # The timed-out wait (about 1 s) lands above the 0.5 s bucket.
+    bucket = names.WAIT_TIME_SECONDS + "_bucket"
+    within_half = sample(bucket, pool_name=POOL, le="0.5") or 0
+    assert (sample(bucket, pool_name=POOL, le="+Inf") or 0) - within_half >= 1
+
+
+def test_histograms_are_cumulative_and_end_at_inf(registry: CollectorRegistry) -> None:
+    families = {f.name: f for f in registry.collect()}
+    for name in (names.WAIT_TIME_SECONDS, names.USE_TIME_SECONDS, names.CREATE_TIME_SECONDS):
+        family = families[name]
+        assert family.type == "histogram"
+        buckets = [s for s in family.samples if s.name == name + "_bucket"]
+        counts = [s.value for s in buckets]
+        assert counts == sorted(counts), name
+        assert buckets[-1].labels["le"] == "+Inf"
+        (count,) = (s.value for s in family.samples if s.name == name + "_count")
+        assert count == counts[-1] >= 1, name  # the app opened and used a connection at startup
+
+
+def test_down_server_exposes_pg_up_0_and_probe_metrics_not_stale_sessions(
+    monitor: PoolMonitor, wait_probed: Callable[[], None]
+) -> None:
+    wait_probed()  # a real sample exists: the collector must still refuse to show it
+
+    def down(view: MonitorView) -> MonitorView:
+        server = dataclasses.replace(view.server, up=False, errors_total=3)
+        return dataclasses.replace(view, server=server)
+
+    registry = _registry_of(_Replaced(monitor, down, probe=True))
+    exposed = {f.name for f in registry.collect()}
+    assert registry.get_sample_value(names.PG_UP) == 0
+    assert registry.get_sample_value(names.PROBE_ERRORS_TOTAL) == 3
+    assert registry.get_sample_value(names.PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS) is not None
+    assert registry.get_sample_value(names.PROBE_DURATION_SECONDS) is not None
+    stale = {
+        names.ACTIVITY_COUNT,
+        names.ACTIVITY_MAX_TX_DURATION,
+        names.MAX_CONNECTIONS,
+        names.BLOCKED_SESSIONS,
+        names.SERVER_CONNECTIONS_USED_RATIO,
+        names.ORPHAN_SESSIONS,
+        names.PHANTOM_CONNECTIONS,
+        names.PROBE_HIDDEN_QUERIES,
+    }
+    assert exposed & stale == set()
+    assert names.CONNECTION_COUNT in exposed  # the pool side does not depend on the server
+
+
+def test_before_the_first_probe_pg_up_is_0_and_no_success_time(monitor: PoolMonitor) -> None:
+    def not_probed(view: MonitorView) -> MonitorView:
+        server = dataclasses.replace(
+            view.server, up=None, last_sample=None, last_success_at=None, probe_durations_s=()
+        )
+        return dataclasses.replace(view, server=server)
+
+    registry = _registry_of(_Replaced(monitor, not_probed, probe=True))
+    assert registry.get_sample_value(names.PG_UP) == 0
+    exposed = {f.name for f in registry.collect()}
+    assert names.PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS not in exposed
+    assert names.PROBE_DURATION_SECONDS not in exposed
+
+
+def test_without_a_probe_no_server_series_at_all(monitor: PoolMonitor) -> None:
+    registry = _registry_of(_Replaced(monitor, lambda view: view, probe=False))
+    exposed = {f.name for f in registry.collect()}
+    assert names.CONNECTION_COUNT in exposed
+    assert names.PG_UP not in exposed and names.PROBE_ERRORS_TOTAL not in exposed
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_invalidations_by_kind(engine: Engine, sample: Sample, kind: str) -> None:
+    before = sample(names.INVALIDATIONS_TOTAL, pool_name=POOL, kind=kind)
+    assert before == 0
+    with engine.connect() as connection:
+        connection.connection.invalidate(soft=kind == "soft")
+    assert sample(names.INVALIDATIONS_TOTAL, pool_name=POOL, kind=kind) == 1

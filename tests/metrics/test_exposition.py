@@ -1,0 +1,137 @@
+"""`/metrics` of a running app: valid for promtool and the parser, the contract's names, bounded
+series, and fast while the pool is exhausted."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, text
+
+from monitor.metrics import names
+from monitor.pool_monitor import PoolMonitor
+from tests.conftest import require_tool
+from tests.deploy.conftest import BASE_METRICS, KNOWN_METRICS, POOL_METRICS, SERVER_METRICS
+from tests.metrics.conftest import POOL, holding, wait_for
+
+Series = frozenset[tuple[str, frozenset[tuple[str, str]]]]
+
+# promtool's style lint wants `_count` only on histograms and summaries, but both names are
+# fixed by the contract: OpenTelemetry's db.client.connection.count and postgres_exporter's
+# pg_stat_activity_count, which existing dashboards query. Nothing else may be reported.
+ACCEPTED_LINT = {
+    f'{name} non-histogram and non-summary metrics should not have "_count" suffix'
+    for name in (names.CONNECTION_COUNT, names.ACTIVITY_COUNT)
+}
+PROMTOOL_LINT_PROBLEMS = 3  # exit status for lint findings; 1 means the text did not parse
+
+
+def _scrape(client: TestClient) -> str:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    body: str = response.text
+    return body
+
+
+def _series(body: str) -> Series:
+    return frozenset(
+        (sample.name, frozenset(sample.labels.items()))
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    )
+
+
+def _wait_for_probe(client: TestClient) -> None:
+    """Until the probe has succeeded, the server half of the contract is (rightly) missing."""
+    wait_for(lambda: _scrape(client), lambda body: "\npg_up 1.0" in "\n" + body)
+
+
+def test_metrics_pass_promtool(client: TestClient) -> None:
+    promtool = require_tool("promtool")
+    _wait_for_probe(client)
+    body = _scrape(client)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=30
+    )
+    findings = {line.strip() for line in (result.stdout + result.stderr).splitlines() if line}
+    assert result.returncode in (0, PROMTOOL_LINT_PROBLEMS), findings
+    assert findings <= ACCEPTED_LINT, findings - ACCEPTED_LINT
+
+
+def test_exposed_families_are_exactly_the_contract(client: TestClient) -> None:
+    _wait_for_probe(client)
+    families = list(text_string_to_metric_families(_scrape(client)))
+    exposed = {family.name for family in families}
+    # The parser drops `_total` from counter family names; compare series names instead.
+    series_names = {sample.name for family in families for sample in family.samples}
+    assert series_names <= KNOWN_METRICS, sorted(series_names - KNOWN_METRICS)
+    assert {n.removesuffix("_total") for n in BASE_METRICS} == exposed
+    assert not any(name.endswith("_created") for name in series_names)
+    for family in families:
+        assert family.documentation.strip(), family.name
+        for sample in family.samples:
+            has_pool = "pool_name" in sample.labels
+            base = family.name + ("_total" if family.type == "counter" else "")
+            assert has_pool == (base in POOL_METRICS), sample
+            assert base in POOL_METRICS | SERVER_METRICS
+            if has_pool:
+                assert sample.labels["pool_name"] == POOL
+
+
+def test_series_stay_the_same_after_churn_and_slow_statements(
+    client: TestClient, engine: Engine, monitor: PoolMonitor
+) -> None:
+    _wait_for_probe(client)
+    before = _series(_scrape(client))
+    slow_before = _sample(client, names.SLOW_QUERIES_TOTAL)
+    hard = {"pool_name": POOL, "kind": "hard"}
+    invalidated_before = _sample(client, names.INVALIDATIONS_TOTAL, hard)
+    connects_before = monitor.pool_snapshot().counters.connects
+
+    for _ in range(200):
+        with engine.connect() as connection:
+            # A hard invalidation closes the DBAPI connection: the next checkout opens a new one.
+            connection.invalidate()
+
+    def slow(index: int) -> None:
+        with engine.connect() as connection:
+            # A distinct shape each time (column alias), so each is its own slow-query group.
+            connection.execute(text(f"SELECT pg_sleep(0.21) AS pause_{index}"))
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        list(pool.map(slow, range(50)))
+
+    _wait_for_probe(client)
+    body = _scrape(client)
+    assert _sample(client, names.SLOW_QUERIES_TOTAL) == slow_before + 50
+    assert _sample(client, names.INVALIDATIONS_TOTAL, hard) == invalidated_before + 200
+    assert monitor.pool_snapshot().counters.connects >= connects_before + 200  # new backends
+    assert _series(body) == before
+    assert "pg_sleep" not in body and "pause_" not in body
+    assert "pid" not in {label for _, labels in _series(body) for label, _ in labels}
+
+
+def test_scrape_is_fast_while_the_pool_is_exhausted(client: TestClient, engine: Engine) -> None:
+    _wait_for_probe(client)
+    timings: list[float] = []
+    with holding(engine, 5):  # pool_size 3 + max_overflow 2: nothing left to take
+        for _ in range(10):
+            started = time.perf_counter()
+            body = _scrape(client)
+            timings.append(time.perf_counter() - started)
+        assert f'db_client_connection_count{{pool_name="{POOL}",state="used"}} 5.0' in body
+    assert statistics.median(timings) < 0.1, timings
+
+
+def _sample(client: TestClient, name: str, labels: dict[str, str] | None = None) -> float:
+    wanted = labels or {"pool_name": POOL}
+    for family in text_string_to_metric_families(_scrape(client)):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == wanted:
+                return sample.value
+    raise AssertionError(f"{name}{wanted} not exposed")
