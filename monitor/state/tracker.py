@@ -202,6 +202,7 @@ class PoolTracker:
         slot.task = task
         slot.site = site
         slot.proxy_ref = proxy_ref
+        slot.leak = None  # a sweep racing the previous checkin can leave a stale one
         slot.checkouts += 1
         slot.history.append((now, "checkout", ""))
         self._out[slot.id] = slot
@@ -299,6 +300,9 @@ class PoolTracker:
                     continue
                 holder = describe(slot.request, slot.task)
                 slot.leak = _Leak(now, holder, slot.site, leak_class)
+                if self._out.get(slot.id) is not slot:
+                    slot.leak = None  # checked in meanwhile (checkin does not take the lock)
+                    continue
                 self._leaks_by_class[leak_class.value] += 1
                 record = self._leak_record(slot, slot.leak, now)
                 found.append(record)
