@@ -15,7 +15,7 @@ from sqlalchemy.pool import NullPool
 
 from monitor.demo.db import SchemaGate, make_engine, make_session_factory
 from monitor.demo.routes import products, users
-from monitor.demo.scenarios import install_demo, release_demo
+from monitor.demo.scenarios import SCENARIOS, install_demo, release_demo
 from monitor.embedded import EmbeddedPostgres
 from monitor.errors import install_error_handlers
 from monitor.instrumentation.pools_seen import ignore_pool
@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users)
     if settings.demo_routes:
         install_demo(app, settings)
+        # The dashboard shows a button per scenario; it reads the list, it never imports the demo.
+        app.state.demo_scenarios = SCENARIOS
     if settings.enabled:
         add_monitor_routes(app)
     _add_health_routes(app)

@@ -477,54 +477,42 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
         conn, backend = held.connection, held.server
         leak = conn.leak_class
         site = site_frames(conn.site, ctx.cwd)
+        # Without a current server sample only the pool's side is known.
+        server_state, wait_event, xact_age, query, kill = (
+            _state_when_unknown(view), NOTHING, NOTHING, NOTHING, NOTHING,
+        )  # fmt: skip
         if backend is not None:
-            if held.killed_by is not None:
-                kill = f"{duration(held.killed_in_s)} ({held.killed_by})"
-            else:
-                kill = "no server timeout"
-            rows.append(
-                HeldRow(
-                    key=f"held-{conn.slot_id}-{conn.checkouts}",
-                    slot=conn.slot_id,
-                    pid=_pid(conn.pid),
-                    route=holder_label(conn.holder),
-                    request_id=(conn.holder.request_id if conn.holder else None) or NOTHING,
-                    age=duration(conn.held_for_s),
-                    status=LEAK_STATUS[leak] if leak else "ok",
-                    leak=LEAK_LABELS[leak] if leak else "",
-                    server_state=backend.state or NOTHING,
-                    wait_event=_wait_event(backend),
-                    xact_age=duration(backend.xact_age_s)
-                    if backend.xact_age_s is not None
-                    else "no transaction",
-                    query=backend.query or NOTHING,
-                    query_hidden=backend.query_hidden,
-                    kill=kill,
-                    site_summary=site_summary(site),
-                    site=site,
-                )
+            server_state = backend.state or NOTHING
+            wait_event = _wait_event(backend)
+            xact_age = (
+                "no transaction" if backend.xact_age_s is None else duration(backend.xact_age_s)
             )
-        else:
-            rows.append(
-                HeldRow(
-                    key=f"held-{conn.slot_id}-{conn.checkouts}",
-                    slot=conn.slot_id,
-                    pid=_pid(conn.pid),
-                    route=holder_label(conn.holder),
-                    request_id=(conn.holder.request_id if conn.holder else None) or NOTHING,
-                    age=duration(conn.held_for_s),
-                    status=LEAK_STATUS[leak] if leak else "ok",
-                    leak=LEAK_LABELS[leak] if leak else "",
-                    server_state=_state_when_unknown(view),
-                    wait_event=NOTHING,
-                    xact_age=NOTHING,
-                    query=NOTHING,
-                    query_hidden=False,
-                    kill=NOTHING,
-                    site_summary=site_summary(site),
-                    site=site,
-                )
+            query = backend.query or NOTHING
+            kill = (
+                "no server timeout"
+                if held.killed_by is None
+                else f"{duration(held.killed_in_s)} ({held.killed_by})"
             )
+        rows.append(
+            HeldRow(
+                key=f"held-{conn.slot_id}-{conn.checkouts}",
+                slot=conn.slot_id,
+                pid=_pid(conn.pid),
+                route=holder_label(conn.holder),
+                request_id=(conn.holder.request_id if conn.holder else None) or NOTHING,
+                age=duration(conn.held_for_s),
+                status=LEAK_STATUS[leak] if leak else "ok",
+                leak=LEAK_LABELS[leak] if leak else "",
+                server_state=server_state,
+                wait_event=wait_event,
+                xact_age=xact_age,
+                query=query,
+                query_hidden=backend.query_hidden if backend is not None else False,
+                kill=kill,
+                site_summary=site_summary(site),
+                site=site,
+            )
+        )
     count = len(rows)
     summary = (
         f"{count} of {view.pool_stats.max_connections} connection(s) checked out"
@@ -809,7 +797,10 @@ def _capacity(view: MonitorView) -> CapacityView:
     elif cap.warning:
         status = "warn"
     return CapacityView(
-        used=f"{cap.server_sessions} of {cap.server_available} connections in use",
+        used=(
+            f"{cap.server_sessions} of {cap.server_available} connections in use, "
+            f"{max(0, cap.server_available - cap.server_sessions)} free"
+        ),
         used_pct=None if cap.used_ratio is None else max(0, min(100, round(cap.used_ratio * 100))),
         pool_share=(
             f"this pool may open {cap.pool_max} ({percent(cap.pool_share_ratio)} of the server)"

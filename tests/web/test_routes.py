@@ -1,0 +1,212 @@
+"""Dashboard, partials and the JSON API over HTTP: held rows, degraded views, token, vendored htmx."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from monitor.app import create_app
+from monitor.settings import Settings
+from monitor.web import views
+from monitor.web.install import add_monitor_routes
+from monitor.web.routes import HTMX_SRI, POLL_TRIGGER
+
+ROOT = Path(__file__).resolve().parents[2]
+VENDORED = ROOT / "static" / "vendor" / "htmx-2.0.11.min.js"
+PARTIALS = [f"/monitor/partials/{name}" for name in views.PANEL_NAMES]
+TOKEN = "t0ken-with-some-length-1234"
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _polled_elements(html: str) -> list[str]:
+    return re.findall(r"<[a-z]+[^>]*\bhx-get=[^>]*>", html)
+
+
+def test_dashboard_and_partials_show_a_held_connection(client: TestClient) -> None:
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        conn.exec_driver_sql("BEGIN")
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+
+        def joined_and_leaked() -> bool:
+            data = client.get("/monitor/api/snapshot").json()
+            return any(h["server"] for h in data["held"]) and bool(data["pool"]["leaks"])
+
+        _wait_for(joined_and_leaked, 8, "the probe to join the held connection")
+        page = client.get("/monitor/")
+        assert page.status_code == 200
+        assert page.headers["cache-control"] == "no-store"
+        html = page.text
+        # The first render is complete without JavaScript: the data is in the page itself.
+        assert f'<td class="num r">{pid}</td>' in html
+        assert "idle in transaction" in html and "test_routes.py:" in html
+
+        held = client.get("/monitor/partials/held")
+        assert held.status_code == 200 and f">{pid}<" in held.text
+        assert "MainThread (no request)" in held.text
+        leaks = client.get("/monitor/partials/leaks")
+        assert 'id="leaks-current"' in leaks.text and "idle in transaction" in leaks.text
+        assert "pool-monitor-app" in client.get("/monitor/partials/server").text
+        for url in PARTIALS:
+            response = client.get(url)
+            assert response.status_code == 200, url
+            assert "Monitor data unavailable" not in response.text, url
+        conn.exec_driver_sql("ROLLBACK")
+    assert "Nothing checked out right now." in client.get("/monitor/partials/held").text
+
+
+def test_every_panel_polls_itself_with_its_own_swap(client: TestClient) -> None:
+    html = client.get("/monitor/").text
+    polled = _polled_elements(html)
+    assert len(polled) == len(views.PANEL_NAMES)
+    for element in polled:
+        assert f'hx-trigger="{POLL_TRIGGER}"' in element.replace("&#39;", "'"), element
+        assert 'hx-swap="innerHTML"' in element and 'hx-target="this"' in element, element
+    gets = {url for element in polled for url in re.findall(r'hx-get="([^"]+)"', element)}
+    assert gets == set(PARTIALS)
+
+
+def test_unknown_panel_is_404(client: TestClient) -> None:
+    assert client.get("/monitor/partials/nope").status_code == 404
+
+
+def test_gauge_sparklines_appear_once_history_has_samples(client: TestClient) -> None:
+    assert "<polyline" not in client.get("/monitor/partials/gauges").text
+    for _ in range(2):
+        time.sleep(1.05)  # the history keeps at most one sample a second
+        response = client.get("/monitor/partials/gauges")
+    assert response.status_code == 200 and "<polyline" in response.text
+
+
+def test_vendored_htmx_matches_the_integrity_attribute(client: TestClient) -> None:
+    html = client.get("/monitor/").text
+    match = re.search(
+        r'<script src="https://cdn\.jsdelivr\.net/npm/htmx\.org@2\.0\.11/dist/htmx\.min\.js" '
+        r'integrity="(sha384-[A-Za-z0-9+/=]+)" crossorigin="anonymous"></script>',
+        html,
+    )
+    assert match is not None, "the CDN script tag with integrity and crossorigin is missing"
+    served = client.get("/monitor/static/vendor/htmx-2.0.11.min.js")
+    assert served.status_code == 200 and served.content == VENDORED.read_bytes()
+    digest = base64.b64encode(hashlib.sha384(served.content).digest()).decode()
+    assert match.group(1) == f"sha384-{digest}" == HTMX_SRI
+    # The fallback loads the same file when window.htmx is missing (CDN blocked or offline).
+    assert (
+        'window.htmx || document.write(\'<script src="\' + "/monitor/static/vendor/htmx-2.0.11.min.js"'
+        in html
+    )
+    assert "Zero-Clause BSD" in (ROOT / "static" / "vendor" / "htmx.LICENSE").read_text()
+    assert client.get("/monitor/static/app.css").status_code == 200
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_database_down_shows_a_banner_and_every_fragment_stays_200() -> None:
+    url = f"postgresql://nobody:S3cret-pw@127.0.0.1:{_closed_port()}/nowhere"
+    app = create_app(Settings(database_url=url, pool_timeout_s=1.0, probe_interval_s=0.5))
+    with TestClient(app) as client:
+        _wait_for(
+            lambda: "Database unreachable" in client.get("/monitor/partials/status").text,
+            10,
+            "the failed probe to show in the status banner",
+        )
+        page = client.get("/monitor/")
+        assert page.status_code == 200
+        assert "the probe has never succeeded" in page.text
+        assert 'class="banner banner-fail"' in page.text
+        for url_path in PARTIALS:
+            response = client.get(url_path)
+            assert response.status_code == 200, url_path
+            assert "S3cret-pw" not in response.text
+        assert "Down" in client.get("/monitor/partials/probe").text
+        assert "No server sample yet" in client.get("/monitor/partials/server").text
+
+
+def test_without_a_monitor_the_pages_degrade() -> None:
+    app = FastAPI()
+    add_monitor_routes(app)
+    with TestClient(app) as client:
+        page = client.get("/monitor/")
+        assert page.status_code == 200 and "Monitor data unavailable" in page.text
+        assert "The monitor is not running" in page.text
+        for url in PARTIALS:
+            response = client.get(url)
+            assert response.status_code == 200 and "Monitor data unavailable" in response.text
+        assert client.get("/monitor/api/snapshot").status_code == 503
+
+
+@pytest.fixture
+def token_client(app_settings: Settings) -> Iterator[TestClient]:
+    app = create_app(app_settings.model_copy(update={"dashboard_token": TOKEN}))
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.mark.parametrize("url", ["/monitor/", "/monitor/partials/held", "/monitor/api/snapshot"])
+def test_token_required_when_configured(token_client: TestClient, url: str) -> None:
+    refused = token_client.get(url)
+    assert refused.status_code == 401
+    assert refused.json() == {"detail": "dashboard token required"}
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert token_client.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    wrong = token_client.get(url, params={"token": "wrong"}, follow_redirects=False)
+    assert wrong.status_code == 401
+    allowed = token_client.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert allowed.status_code == 200
+
+
+def test_token_query_parameter_trades_for_a_cookie(token_client: TestClient) -> None:
+    response = token_client.get(
+        "/monitor/", params={"token": TOKEN, "view": "x"}, follow_redirects=False
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == "/monitor/?view=x"
+    cookie = response.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/monitor" in cookie
+    assert TOKEN not in cookie, "the cookie holds a digest, not the token itself"
+    # The client keeps the cookie: the dashboard and its partials now answer without a header.
+    assert token_client.get("/monitor/").status_code == 200
+    assert token_client.get("/monitor/partials/held").status_code == 200
+    token_client.cookies.clear()
+    assert token_client.get("/monitor/partials/held").status_code == 401
+    # Static assets hold no data and stay public.
+    assert token_client.get("/monitor/static/app.css").status_code == 200
+
+
+def test_a_failing_panel_still_answers_200(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(view: object, ctx: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(views.BUILDERS, "held", broken)
+    # A model the template cannot read: the StrictUndefined error is caught at render time.
+    monkeypatch.setitem(views.BUILDERS, "slow", lambda view, ctx: object())
+    held = client.get("/monitor/partials/held")
+    assert held.status_code == 200 and "failed to render (RuntimeError)" in held.text
+    slow = client.get("/monitor/partials/slow")
+    assert slow.status_code == 200 and "failed to render (UndefinedError)" in slow.text
+    monkeypatch.setitem(views.BUILDERS, "slow", views.build_slow)
+    page = client.get("/monitor/")
+    assert page.status_code == 200
+    assert "failed to render (RuntimeError)" in page.text and 'id="panel-rules"' in page.text
