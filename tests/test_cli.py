@@ -4,56 +4,34 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 from sqlalchemy.engine import URL
 
 from tests.conftest import url_string
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.servers import AppProcess, free_port
 
 
 def test_serve_answers_health_and_crud(schema_url: URL) -> None:
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": url_string(schema_url), "MONITOR_PROBE_INTERVAL_S": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    app = AppProcess(
+        "serve", {"DATABASE_URL": url_string(schema_url), "MONITOR_PROBE_INTERVAL_S": "1"}
     )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("server did not come up within 30 s")
-        created = httpx.post(f"{base}/products", json={"name": "cli", "price": 2}, timeout=5)
+        app.wait_ready()
+        created = httpx.post(f"{app.base}/products", json={"name": "cli", "price": 2}, timeout=5)
         assert created.status_code == 201
         assert (
-            httpx.get(f"{base}/products/{created.json()['id']}", timeout=5).json()["name"] == "cli"
+            httpx.get(f"{app.base}/products/{created.json()['id']}", timeout=5).json()["name"]
+            == "cli"
         )
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=15)
+        status = app.stop()
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells the signal.
-    assert process.returncode in (0, -signal.SIGTERM)
-    assert "Application shutdown complete" in output
-    assert f"http://127.0.0.1:{port}/monitor/" in output
+    assert status in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in app.output
+    assert f"http://127.0.0.1:{app.port}/monitor/" in app.output
 
 
 def test_invalid_setting_is_a_clear_startup_error() -> None:
@@ -71,7 +49,7 @@ def test_invalid_setting_is_a_clear_startup_error() -> None:
 
 def test_demo_refuses_a_public_bind_without_override() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "monitor", "demo", "--host", "0.0.0.0", "--port", "1"],
+        [sys.executable, "-m", "monitor", "demo", "--host", "0.0.0.0", "--port", str(free_port())],
         capture_output=True,
         text=True,
         timeout=60,

@@ -2,59 +2,36 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 from sqlalchemy.engine import URL
 
 from tests.conftest import url_string
-from tests.test_cli import _free_port
+from tests.servers import app_process, free_port
+
+FAST_DEMO = {
+    "MONITOR_DEMO_ROUTES": "true",
+    "MONITOR_LEAK_THRESHOLD_S": "1",
+    "MONITOR_PROBE_INTERVAL_S": "0.5",
+    "MONITOR_POOL_TIMEOUT_S": "1",
+    "MONITOR_SLOW_QUERY_S": "0.2",
+}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_selftest_detects_every_scenario(schema_url: URL) -> None:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": url_string(schema_url),
-        "MONITOR_DEMO_ROUTES": "true",
-        "MONITOR_LEAK_THRESHOLD_S": "1",
-        "MONITOR_PROBE_INTERVAL_S": "0.5",
-        "MONITOR_POOL_TIMEOUT_S": "1",
-        "MONITOR_SLOW_QUERY_S": "0.2",
-    }
-    app = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with app_process("serve", {"DATABASE_URL": url_string(schema_url), **FAST_DEMO}) as app:
+        app.wait_ready("/readyz")
         result = subprocess.run(
-            [sys.executable, "-m", "monitor", "selftest", "--url", base],
+            [sys.executable, "-m", "monitor", "selftest", "--url", app.base],
             capture_output=True,
             text=True,
             timeout=150,
         )
-    finally:
-        app.send_signal(signal.SIGTERM)
-        server_log, _ = app.communicate(timeout=15)
-    assert result.returncode == 0, result.stdout + result.stderr + server_log[-3000:]
+    assert result.returncode == 0, result.stdout + result.stderr + app.output[-3000:]
     for scenario in (
         "leak",
         "gc-leak",
@@ -71,7 +48,7 @@ def test_selftest_detects_every_scenario(schema_url: URL) -> None:
 
 def test_selftest_against_nothing_fails_clearly() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "monitor", "selftest", "--url", f"http://127.0.0.1:{_free_port()}"],
+        [sys.executable, "-m", "monitor", "selftest", "--url", f"http://127.0.0.1:{free_port()}"],
         capture_output=True,
         text=True,
         timeout=60,

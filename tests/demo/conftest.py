@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from monitor.app import create_app
 from monitor.settings import Settings
+from tests.servers import serve_in_thread
 
 HTMX = {"HX-Request": "true"}
 HOLD_TTL_S = 3.0
@@ -56,28 +54,9 @@ def wait_for(
         time.sleep(0.1)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def served_app(app_settings: Settings) -> Iterator[tuple[str, Any]]:
     """The app served by uvicorn on a free loopback port, in a thread: (base URL, app)."""
     app = create_app(app_settings)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped during startup"
-        assert time.monotonic() < deadline, "uvicorn did not start within 15 s"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(timeout=15)
-    assert not thread.is_alive(), "uvicorn did not shut down within 15 s"
+    with serve_in_thread(app) as base:
+        yield base, app

@@ -24,7 +24,7 @@ from monitor.demo.load import (
     start_background_load,
 )
 from tests.conftest import url_string
-from tests.demo.conftest import free_port
+from tests.servers import free_port
 
 
 def test_load_against_a_served_app(

@@ -6,16 +6,13 @@ This catches what static checks cannot: a renamed metric or label makes a panel 
 from __future__ import annotations
 
 import math
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from fastapi import FastAPI
 from sqlalchemy import Engine, text
@@ -27,6 +24,7 @@ from tests.conftest import require_tool
 from tests.deploy.conftest import DASHBOARD, PROMETHEUS_DIR
 from tests.deploy.grafana_queries import panel_queries
 from tests.metrics.conftest import holding, wait_for
+from tests.servers import free_port, serve_in_thread
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -37,36 +35,19 @@ ALERT_GROUPS = {"pool-monitor-pool", "pool-monitor-server", "pool-monitor-probe"
 MAY_BE_NAN: dict[str, str] = {}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def live_app(app_settings: Settings) -> Iterator[tuple[FastAPI, int]]:
     """The app served by uvicorn on a free loopback port, in a thread of this process."""
     app = create_app(app_settings)
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-live-test", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started or not thread.is_alive(), bool, timeout_s=30)
-        assert server.started, "uvicorn did not start"
-        yield app, port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-    assert not thread.is_alive(), "uvicorn did not stop"
+    with serve_in_thread(app) as base:
+        yield app, int(base.rsplit(":", 1)[1])
 
 
 @pytest.fixture
 def prometheus(live_app: tuple[FastAPI, int], tmp_path: Path) -> Iterator[httpx.Client]:
     """Prometheus scraping the app every second, with the bundled alert rules; killed afterwards."""
     binary = require_tool("prometheus")
-    port = _free_port()
+    port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(PROMETHEUS_DIR / "alerts.yml")],

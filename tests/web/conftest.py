@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from tests.conftest import require_tool
+from tests.servers import serve_in_thread
 
 CHROMIUM_ARGS = [
     "--no-sandbox",  # the tests may run as root
@@ -29,33 +24,8 @@ CHROMIUM_ARGS = [
 CDN = re.compile(r"https://cdn\.jsdelivr\.net/.*")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serve(app: FastAPI, *, startup_timeout_s: float = 20.0) -> Iterator[str]:
-    """Run `app` with uvicorn in a background thread (lifespan included); yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(5)
-            pytest.fail(f"uvicorn did not start on port {port} within {startup_timeout_s} s")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        assert not thread.is_alive(), "uvicorn did not stop within 15 s"
+# One implementation for every test that needs a real server.
+serve = serve_in_thread
 
 
 @pytest.fixture(scope="module")

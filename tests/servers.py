@@ -1,0 +1,106 @@
+"""Running the app for tests that need a real HTTP server: in a thread or as a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll until `predicate()` holds; False once `timeout_s` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
+
+
+def answers(url: str, status: int = 200) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == status
+    except httpx.TransportError:
+        return False
+
+
+@contextmanager
+def serve_in_thread(app: Any, *, startup_timeout_s: float = 20.0) -> Iterator[str]:
+    """Run `app` with uvicorn in a daemon thread (lifespan included); yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    if not wait_for(lambda: server.started or not thread.is_alive(), startup_timeout_s):
+        server.should_exit = True
+        raise AssertionError(f"uvicorn did not start on port {port} within {startup_timeout_s} s")
+    assert server.started, "uvicorn stopped during startup"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        assert not thread.is_alive(), "uvicorn did not stop within 15 s"
+
+
+class AppProcess:
+    """`python -m monitor <command>` as a child process on a free loopback port."""
+
+    def __init__(self, command: str, env: dict[str, str], *extra: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "monitor", command, "--port", str(self.port), *extra],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = ""
+
+    def wait_ready(self, path: str = "/healthz", timeout_s: float = 30.0) -> None:
+        if not wait_for(
+            lambda: answers(self.base + path) or self.process.poll() is not None, timeout_s, 0.2
+        ):
+            raise AssertionError(f"{self.base}{path} did not answer within {timeout_s} s")
+        if self.process.poll() is not None:
+            raise AssertionError(f"the app exited early:\n{self.process.communicate()[0][-3000:]}")
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM, wait, collect the output; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.output, _ = self.process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.output, _ = self.process.communicate(timeout=5)
+        return self.process.returncode
+
+
+@contextmanager
+def app_process(command: str, env: dict[str, str], *extra: str) -> Iterator[AppProcess]:
+    app = AppProcess(command, env, *extra)
+    try:
+        app.wait_ready()
+        yield app
+    finally:
+        app.stop()
