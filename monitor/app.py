@@ -21,7 +21,7 @@ from monitor.errors import install_error_handlers
 from monitor.instrumentation.pools_seen import ignore_pool
 from monitor.pool_monitor import PoolMonitor
 from monitor.settings import Settings
-from monitor.urls import app_url, mask_url
+from monitor.urls import app_url, hide_dsn_in_pool_logs, mask_url
 from monitor.web.install import add_monitor_routes
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.schema = SchemaGate(engine)
         app.state.readiness_engine = _readiness_engine(url)
         ignore_pool(app.state.readiness_engine.pool)
-        monitor = _attach_monitor(app, settings, engine, "embedded" if embedded else "DATABASE_URL")
+        hide_dsn_in_pool_logs(app.state.readiness_engine)
+        monitor = _attach_monitor(
+            app, settings, engine, url, "embedded" if embedded else "DATABASE_URL"
+        )
         app.state.schema.ensure(quiet=True)
         try:
             yield
@@ -77,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _attach_monitor(
-    app: FastAPI, settings: Settings, engine: Engine, url_source: str
+    app: FastAPI, settings: Settings, engine: Engine, url: URL, url_source: str
 ) -> PoolMonitor | None:
     if not settings.enabled:
         return None
@@ -89,6 +92,7 @@ def _attach_monitor(
         probe_timeout_s=settings.probe_timeout_s,
         dashboard_token=settings.dashboard_token,
         url_source=url_source,
+        probe_url=url,
     )
     app.state.pool_monitor = monitor
     monitor.start()

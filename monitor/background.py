@@ -25,7 +25,7 @@ class Background:
         jobs = [("leak-sweep", self.sweep, min(1.0, monitor.tracker.leak_threshold_s / 4))]
         if monitor.probe_enabled:
             self._probe = ServerProbe(
-                monitor.engine.url,
+                monitor.probe_url,
                 monitor.server_health,
                 timeout_s=monitor.probe_timeout_s,
                 application_name=PROBE_APPLICATION_NAME,

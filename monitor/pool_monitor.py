@@ -12,6 +12,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from monitor.instrumentation.pool_listeners import PoolListeners
@@ -77,6 +78,7 @@ class PoolMonitor:
         probe: bool = True,
         dashboard_token: str | None = None,
         url_source: str = "engine",
+        probe_url: URL | str | None = None,
     ) -> None:
         for name, value in (
             ("leak_threshold_s", leak_threshold_s),
@@ -107,6 +109,9 @@ class PoolMonitor:
         self._statement_listeners.attach(self.engine)
         self.server_health = ServerHealth()
         self.url_source = url_source
+        # The probe connects on its own: by default to engine.url, unless the app keeps libpq
+        # parameters (a socket directory, TLS files) outside the URL and passes the full one.
+        self.probe_url: URL | str = probe_url if probe_url is not None else self.engine.url
         watch_pools(self.engine.pool)
         self._attached = True
         self._background: Any = None
@@ -165,7 +170,7 @@ class PoolMonitor:
         `detail=False` leaves out histories, sites and record lists (enough for metrics)."""
         health = self.server_health.snapshot()
         pool = self.tracker.snapshot(_states(health), detail=detail)
-        url = self.engine.url
+        url = make_url(self.probe_url)  # the full URL: sslmode and socket host live in its query
         host = url.host or ""
         app = AppInfo(
             database=mask_url(url),

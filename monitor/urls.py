@@ -1,6 +1,9 @@
-"""Database URL helpers: masking for display and driver normalisation."""
+"""Database URL hygiene: masking for display, driver normalisation, no DSN in pool logs."""
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
@@ -27,3 +30,35 @@ def app_url(raw: str) -> URL:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
     return parsed
+
+
+class _HideDsn(logging.Filter):
+    """psycopg2's connection repr carries its libpq parameters (`options`, `sslpassword`, ...);
+    SQLAlchemy's pool DEBUG lines print it. Replace such arguments with a harmless repr."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(_carries_dsn(arg) for arg in args):
+            record.args = tuple(_harmless(arg) if _carries_dsn(arg) else arg for arg in args)
+        return True
+
+
+_HIDE_DSN = _HideDsn()
+
+
+def hide_dsn_in_pool_logs(engine: Any) -> None:
+    """Install the filter on this engine's pool logger (the same logger object serves every pool
+    of that name, so it survives `dispose()`)."""
+    pool_logger = engine.pool.logger
+    logger = getattr(pool_logger, "logger", pool_logger)  # echo_pool wraps it in an InstanceLogger
+    if isinstance(logger, logging.Logger) and _HIDE_DSN not in logger.filters:
+        logger.addFilter(_HIDE_DSN)
+
+
+def _carries_dsn(arg: object) -> bool:
+    return hasattr(arg, "dsn") or hasattr(arg, "get_dsn_parameters")
+
+
+def _harmless(arg: object) -> str:
+    pid = getattr(getattr(arg, "info", None), "backend_pid", None)
+    return f"<{type(arg).__name__} backend_pid={pid}>"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from monitor.app import create_app
 from monitor.embedded import EmbeddedPostgres
@@ -29,17 +29,16 @@ def test_probe_uses_one_backend_and_never_the_app_pool(embedded_pg: EmbeddedPost
     # The embedded server of this test session: no other process's probe is counted.
     settings = Settings(database_url=url_string(embedded_pg.url()), probe_interval_s=0.2)
     with TestClient(create_app(settings)) as client:
-        _assert_single_probe_backend(client)
+        _assert_single_probe_backend(client, create_engine(embedded_pg.url()))
 
 
-def _assert_single_probe_backend(client: TestClient) -> None:
+def _assert_single_probe_backend(client: TestClient, engine: Engine) -> None:
     monitor = client.app.state.pool_monitor  # type: ignore[attr-defined]
     checkouts_before = monitor.pool_snapshot().counters.checkouts  # schema creation at startup
     probes_before = monitor.server_health.snapshot().probes_total
     assert wait_for(lambda: monitor.server_health.snapshot().probes_total >= probes_before + 3)
     assert monitor.pool_stats().checked_out == 0
     assert monitor.pool_snapshot().counters.checkouts == checkouts_before  # probing never used it
-    engine = create_engine(client.app.state.engine.url)  # type: ignore[attr-defined]
     with engine.connect() as conn:
         probes = conn.scalar(
             text(

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import os
+import socket
 import threading
-from collections.abc import Iterator
-from typing import Annotated
+import time
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.demo.models import Base
 from monitor.settings import Settings
+from monitor.urls import hide_dsn_in_pool_logs
 
 log = logging.getLogger(__name__)
 
 
 def make_engine(settings: Settings, url: URL) -> Engine:
     """The app's only engine: pool sizing, recycle and pre-ping from settings, parameters hidden."""
-    return create_engine(
-        url,
+    # The URL's query parameters go to the driver directly: kept out of engine.url, they cannot
+    # show in repr(engine) or in error messages (SQLAlchemy masks only the password).
+    libpq_params = {
+        key: value if isinstance(value, str) else value[-1] for key, value in url.query.items()
+    }
+    engine = create_engine(
+        url.set(query={}),
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout_s,
@@ -32,10 +44,92 @@ def make_engine(settings: Settings, url: URL) -> Engine:
         # Logged statements never carry parameter values (they may be secrets).
         hide_parameters=True,
         connect_args={
+            **libpq_params,
             "application_name": settings.application_name,
             "connect_timeout": max(1, round(settings.pool_timeout_s)),
         },
     )
+    hide_dsn_in_pool_logs(engine)
+    if settings.pool_pre_ping:
+        bound_pre_ping(engine, min(settings.pool_timeout_s, 5.0))
+    return engine
+
+
+def bound_pre_ping(engine: Engine, timeout_s: float) -> None:
+    """Give the pre-ping a client-side deadline.
+
+    A server that stops answering (a hung host, a half-open network path) makes the ping wait
+    for ever: statement_timeout is the server's to enforce. When the deadline passes, the ping's
+    socket is shut down, the ping fails, and SQLAlchemy replaces the connection as it does for
+    any failed ping (and a new connection is bounded by connect_timeout).
+    """
+    dialect: Any = engine.dialect
+    do_ping = dialect.do_ping
+
+    def _do_ping(dbapi_connection: Any) -> bool:
+        token = _WATCHDOG.arm(dbapi_connection, timeout_s)
+        try:
+            result: bool = do_ping(dbapi_connection)
+        finally:
+            _WATCHDOG.disarm(token)
+        return result
+
+    dialect.do_ping = _do_ping
+
+
+class _Watchdog:
+    """One daemon thread shuts down the sockets of pings past their deadline."""
+
+    def __init__(self) -> None:
+        self._armed: dict[int, tuple[float, int]] = {}  # token -> (deadline, fileno)
+        self._tokens = itertools.count(1)
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, dbapi_connection: Any, timeout_s: float) -> int:
+        token = next(self._tokens)
+        try:
+            fileno = int(dbapi_connection.fileno())
+        except Exception:
+            return token  # no socket: nothing can hang on it
+        with self._wake:
+            self._armed[token] = (time.monotonic() + timeout_s, fileno)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="pre-ping-deadline", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._wake:
+            self._armed.pop(token, None)
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                now = time.monotonic()
+                for token, (deadline, fileno) in list(self._armed.items()):
+                    if deadline <= now:
+                        # Under the lock the ping is still running, so the descriptor is its own.
+                        del self._armed[token]
+                        _shutdown(fileno)
+                next_deadline = min((d for d, _ in self._armed.values()), default=now + 60)
+                self._wake.wait(max(0.01, next_deadline - now))
+
+
+def _shutdown(fileno: int) -> None:
+    try:
+        watched = socket.socket(fileno=os.dup(fileno))
+    except OSError:
+        return
+    with watched, contextlib.suppress(OSError):
+        watched.shutdown(socket.SHUT_RDWR)
+    log.warning("pre-ping got no answer in time: connection dropped, a new one will be tried")
+
+
+_WATCHDOG = _Watchdog()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -81,10 +175,26 @@ def get_session(request: Request) -> Iterator[Session]:
     try:
         yield session
     except Exception:
-        session.rollback()
+        _end(session, session.rollback)
         raise
     finally:
-        session.close()
+        _end(session, session.close)
+
+
+def _end(session: Session, end: Callable[[], None]) -> None:
+    """Roll back or close; if the connection died meanwhile, drop it instead of raising.
+
+    Closing can run after the response has started: an error there would cut the client's
+    connection without an answer, and the original error (if any) must win anyway.
+    """
+    try:
+        end()
+    except SQLAlchemyError as exc:
+        log.warning("session cleanup failed (%s); invalidating its connection", type(exc).__name__)
+        try:
+            session.invalidate()
+        except SQLAlchemyError:
+            log.warning("invalidating the session's connection failed as well")
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

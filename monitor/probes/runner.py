@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from monitor.probes.activity import fetch_activity
 from monitor.probes.settings import fetch_settings
 from monitor.state.server import ServerHealth, ServerSample, ServerSettings, short_error
-from monitor.urls import sync_psycopg2_url
+from monitor.urls import hide_dsn_in_pool_logs, sync_psycopg2_url
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class ServerProbe:
             connect_args=self._connect_args(),
         )
         event.listen(self._engine, "connect", self._on_connect)
+        hide_dsn_in_pool_logs(self._engine)
 
     @property
     def engine(self) -> Engine:

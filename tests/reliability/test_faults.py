@@ -171,15 +171,6 @@ def _counters(served: Served) -> Any:
     return served.monitor.view().pool.counters
 
 
-# App bug (monitor/demo/db.py `get_session`): `session.close()` runs after the response has
-# started; when the backend died after the request's last statement, the rollback in close()
-# raises, Starlette turns that into "Caught handled exception, but response already started",
-# uvicorn logs "Exception in ASGI application" and drops the keep-alive connection, so the
-# client's request in flight on it fails with RemoteProtocolError or ReadError (no HTTP answer).
-# Reproduced deterministically by the xfail(strict) test below.
-CLOSE_AFTER_RESPONSE_BUG = "Caught handled exception, but response already started"
-
-
 def _assert_clean_errors(outcomes: list[Outcome]) -> list[Outcome]:
     """Errors are 503 JSON, never another 5xx or a traceback; returns requests with no answer."""
     server_errors = [o for o in outcomes if o.is_5xx and o.status != 503]
@@ -190,22 +181,9 @@ def _assert_clean_errors(outcomes: list[Outcome]) -> list[Outcome]:
 
 
 def _assert_all_answered(unanswered: list[Outcome], log_text: str) -> None:
-    """Every request got an HTTP answer; the one known app bug turns into an xfail.
-
-    Called last in a test, after every other assertion passed, so the bug hides nothing else.
-    """
-    if not unanswered:
-        return
-    known = CLOSE_AFTER_RESPONSE_BUG in log_text and all(
-        o.error in ("RemoteProtocolError", "ReadError") for o in unanswered
-    )
-    if known:
-        pytest.xfail(
-            f"{len(unanswered)} requests lost their keep-alive connection: app bug, "
-            "get_session's close() raises after the response started (see "
-            "test_backend_lost_after_the_last_statement_is_answered_cleanly)"
-        )
-    raise AssertionError(f"{len(unanswered)} requests got no HTTP answer: {unanswered[:3]}")
+    """Every request got an HTTP answer (a dropped keep-alive connection would leave none)."""
+    assert "response already started" not in log_text, "cleanup failed after the response began"
+    assert not unanswered, f"{len(unanswered)} requests got no HTTP answer: {unanswered[:3]}"
 
 
 def _record_up(served: Served, stop: threading.Event, seen: list[bool | None]) -> None:
@@ -381,11 +359,6 @@ def test_database_restart_under_load(
     _assert_all_answered(unanswered, caplog.text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug in monitor/demo/db.py get_session: session.close() raises after the "
-    "response started when the backend is gone; the keep-alive connection is dropped",
-)
 @pytest.mark.timeout(30)
 def test_backend_lost_after_the_last_statement_is_answered_cleanly(
     schema_url: URL, admin_engine: Engine, caplog: pytest.LogCaptureFixture
@@ -419,7 +392,7 @@ def test_backend_lost_after_the_last_statement_is_answered_cleanly(
             event.remove(served.engine, "after_cursor_execute", kill_own_backend)
         assert not armed.is_set(), "the backend was never terminated"
     assert answers == [200, 200]
-    assert CLOSE_AFTER_RESPONSE_BUG not in caplog.text
+    assert "response already started" not in caplog.text
 
 
 # ---- 3. crash-stop, then start ------------------------------------------------------------------
@@ -593,12 +566,6 @@ def test_blackholed_database_keeps_probe_and_metrics_bounded(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug in monitor/demo/db.py make_engine: no client-side deadline on a pooled "
-    "connection; when the server stops answering, the pre-ping (or any statement) on an idle "
-    "pooled connection waits for ever, so those requests never get their 503",
-)
 @pytest.mark.timeout(60)
 def test_blackholed_database_fails_crud_within_the_pool_bound(
     schema_url: URL, fault_proxy_factory: ProxyFactory

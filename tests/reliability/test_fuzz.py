@@ -27,8 +27,7 @@ from tests.reliability.conftest import serve_app, unique_name
 MAX_EXAMPLES = 25
 SEED = 20240611
 RUN_TIMEOUT_S = 120
-# App bug: PostgreSQL text cannot hold NUL; psycopg2 raises ValueError before the query is sent,
-# errors.py maps it to a 500. The schemas accept "\u0000" in names (monitor/demo/schemas.py).
+# PostgreSQL text cannot hold NUL (psycopg2 raises before sending); the schemas must refuse it.
 NUL = "\x00"
 
 
@@ -38,12 +37,6 @@ class Failure:
     check: str
     status: int | None
     request_body: str
-
-    @property
-    def is_nul_bug(self) -> bool:
-        # The body is JSON text: the character shows escaped.
-        nul = NUL in self.request_body or "\\u0000" in self.request_body
-        return self.check == "not_a_server_error" and self.status == 500 and nul
 
 
 @pytest.fixture(scope="module")
@@ -135,21 +128,10 @@ def test_api_has_no_server_error_and_matches_its_schema(fuzz_base: str, tmp_path
     assert summary["complete"] and summary["operations"]["errored"] == 0, run.stdout[-3000:]
     assert summary["operations"]["tested"] == summary["operations"]["selected"] >= 10
     assert not summary["errors"], summary["errors"]
-    other = [failure for failure in failures if not failure.is_nul_bug]
-    assert not other, f"{other}\n{run.stdout[-4000:]}"
-    assert (run.returncode == 0) == (not failures), run.stdout[-3000:]
-    if failures:
-        pytest.xfail(
-            f"{len(failures)} x 500 on a NUL character in a text field: app bug, see "
-            "test_nul_character_in_text_is_a_422"
-        )
+    assert not failures, f"{failures}\n{run.stdout[-4000:]}"
+    assert run.returncode == 0, run.stdout[-3000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: a NUL character in a name is accepted by the schemas (monitor/demo/"
-    "schemas.py) and psycopg2 raises ValueError on it, which errors.py answers with a 500",
-)
 @pytest.mark.timeout(30)
 def test_nul_character_in_text_is_a_422(fuzz_base: str) -> None:
     with httpx.Client(base_url=fuzz_base, timeout=10) as client:

@@ -165,11 +165,6 @@ def test_no_secret_in_any_monitor_or_error_response(secrets: Secrets) -> None:
     assert not {label: found for label, found in leaks.items() if found}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: 422 bodies echo the rejected input (FastAPI's default validation handler "
-    "returns `input`); monitor/errors.py installs no RequestValidationError handler",
-)
 @pytest.mark.timeout(30)
 def test_validation_errors_do_not_echo_the_payload(secrets: Secrets) -> None:
     product = {"name": "secret", "price": "1.00", "description": secrets.payload}
@@ -181,17 +176,10 @@ def test_validation_errors_do_not_echo_the_payload(secrets: Secrets) -> None:
     assert secrets.payload not in bad_price.text
 
 
-POOL_DEBUG_LEAK = (
-    "app bug: with SQLAlchemy's pool at DEBUG, every pool log line carries psycopg2's "
-    "connection repr, whose dsn shows `options=` and `sslpassword=` from DATABASE_URL in clear "
-    "(only `password` is masked); the app passes the URL's query to libpq unfiltered"
-)
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "sqlalchemy_debug",
-    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=POOL_DEBUG_LEAK))],
+    [False, True],
     ids=["debug", "debug+sqlalchemy_pool"],
 )
 def test_no_secret_in_debug_logs_or_output(
@@ -215,11 +203,6 @@ def test_no_secret_in_debug_logs_or_output(
     assert not found, f"secrets in the logs (prefix: occurrences): {found}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: repr(app.state.engine) and str(engine.url) show DATABASE_URL's query "
-    "values (options=..., sslpassword=...) in clear; SQLAlchemy masks only the password",
-)
 @pytest.mark.timeout(60)
 def test_no_url_secret_in_reprs(secrets: Secrets) -> None:
     settings = _settings(secrets)
