@@ -52,7 +52,9 @@ def per_call_us(work: Callable[[Engine], None], engine: Engine, calls: int) -> f
 def main() -> None:
     bare = create_engine(URL, pool_size=5)
     watched = create_engine(URL, pool_size=5)
-    monitor = PoolMonitor(watched, probe=False, capture_sites=True)
+    monitor = PoolMonitor(
+        watched, probe=False, capture_sites=os.environ.get("BENCH_CAPTURE", "1") == "1"
+    )
     cases = [
         ("(a)  engine checkout+checkin", engine_cycle, 20_000, 1.30),
         ("(a') pool checkout+checkin", pool_cycle, 20_000, None),

@@ -103,7 +103,7 @@ class PoolMonitor:
         capture = (
             SiteCapture(_library_prefixes(), _parent_greenlet_frame) if capture_sites else None
         )
-        self._pool_listeners = PoolListeners(self.tracker, capture)
+        self._pool_listeners = PoolListeners(self.tracker, capture, is_async=self.is_async)
         self._statement_listeners = StatementListeners(self.tracker)
         self._pool_listeners.attach(self.engine)
         self._statement_listeners.attach(self.engine)

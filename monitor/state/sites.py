@@ -12,7 +12,7 @@ from types import CodeType, FrameType
 RawSite = tuple[tuple[CodeType, int], ...]
 
 _MAX_WALK = 48
-_MAX_KEPT = 4
+_MAX_KEPT = 3
 _LIBRARY_RUN_STOP = 3
 
 
@@ -81,13 +81,19 @@ class SiteCapture:
 
     def _walk(self, frame: FrameType | None) -> tuple[RawSite, int]:
         """App frames from `frame` outwards, and how many library frames preceded the first."""
+        # Runs on every checkout: the library lookup is inlined and names are bound locally.
+        is_library = self._is_library
+        prefixes = self._prefixes
         kept: list[tuple[CodeType, int]] = []
         leading = 0
         library_run = 0
         walked = 0
         while frame is not None and walked < _MAX_WALK:
             code = frame.f_code
-            if self._library(code):
+            known = is_library.get(id(code))
+            if known is None:
+                known = is_library[id(code)] = (code, code.co_filename.startswith(prefixes))
+            if known[1]:
                 if not kept:
                     leading += 1
                 else:

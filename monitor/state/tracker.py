@@ -11,7 +11,6 @@ import contextlib
 import itertools
 import logging
 import threading
-import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -49,7 +48,6 @@ class Slot:
         "id",
         "leak",
         "pid",
-        "proxy_ref",
         "request",
         "site",
         "task",
@@ -63,7 +61,6 @@ class Slot:
         self.request: RequestScope | None = None
         self.task: object = None  # thread or asyncio task; named only when shown
         self.site: RawSite = ()
-        self.proxy_ref: weakref.ref[Any] | None = None
         self.checkouts = 0
         self.leak: _Leak | None = None
         # (monotonic time, kind, detail); checkouts and checkins land here too, bounded.
@@ -174,12 +171,11 @@ class PoolTracker:
                 LifecycleEvent(self._to_wall(now), kind, f"slot {slot.id}: {reason}")
             )
 
-    def detached(self, slot: Slot) -> None:
+    def detached(self, slot: Slot, *, reclaimed: bool = False) -> None:
         """The connection left the pool for good: no checkin will come for it."""
         now = self._clock()
         with self._lock:
             self._count["detaches"] += 1
-            reclaimed = slot.proxy_ref is not None and slot.proxy_ref() is None
             self._release(slot, now, "gc_reclaimed" if reclaimed else "detached")
             if self._open.pop(slot.id, None) is not None:
                 self._retired_checkouts += slot.checkouts
@@ -194,14 +190,12 @@ class PoolTracker:
         request: RequestScope | None,
         task: object,
         site: RawSite,
-        proxy_ref: weakref.ref[Any] | None,
     ) -> None:
         now = self._clock()
         slot.checked_out_at = now
         slot.request = request
         slot.task = task
         slot.site = site
-        slot.proxy_ref = proxy_ref
         slot.leak = None  # a sweep racing the previous checkin can leave a stale one
         slot.checkouts += 1
         slot.history.append((now, "checkout", ""))
@@ -211,16 +205,14 @@ class PoolTracker:
             if request.connections_held > 1 and not request.multi_flagged:
                 self._flag_multi_connection(request)
 
-    def checkin(self, slot: Slot) -> None:
+    def checkin(self, slot: Slot, *, reclaimed: bool = False) -> None:
+        """`reclaimed`: the garbage collector returned it (the checkout's proxy is gone)."""
         now = self._clock()
         if self._out.pop(slot.id, None) is None:
             return  # not ours (checked out before the monitor attached) or already released
         checked_out_at = slot.checked_out_at
         if checked_out_at is not None:
             self.use_time.observe(now - checked_out_at)
-        proxy_ref = slot.proxy_ref
-        # A dead weakref to the checkout's proxy means the garbage collector returned it.
-        reclaimed = proxy_ref is not None and proxy_ref() is None
         if reclaimed or slot.leak is not None:
             with self._lock:
                 self._finish(slot, now, "gc_reclaimed" if reclaimed else "returned")
@@ -229,7 +221,6 @@ class PoolTracker:
             request.connections_held -= 1
         slot.history.append((now, "checkin", "gc" if reclaimed else ""))
         slot.request = None
-        slot.proxy_ref = None
         slot.checked_out_at = None
 
     def reset(self, slot: Slot, *, terminated: bool) -> None:
@@ -476,7 +467,6 @@ class PoolTracker:
         if slot.request is not None:
             slot.request.connections_held -= 1
         slot.request = None
-        slot.proxy_ref = None
         slot.checked_out_at = None
 
     def _flag_multi_connection(self, request: RequestScope) -> None:

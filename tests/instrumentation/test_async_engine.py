@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy import exc as sa_exc
@@ -45,6 +47,32 @@ def test_async_engine_is_tracked(database_url: URL) -> None:
             assert snapshot.counters.timeouts == 1
             assert snapshot.resolved_leaks[0].how_resolved == "returned"
             assert snapshot.counters.listener_errors == 0
+        finally:
+            monitor.detach()
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_async_connection_reclaimed_by_the_garbage_collector_is_counted(database_url: URL) -> None:
+    async def leak(engine: Any) -> None:
+        conn = await engine.connect()
+        await conn.execute(text("SELECT 1"))
+        # dropped without close(): SQLAlchemy detaches and terminates it on collection
+
+    async def scenario() -> None:
+        engine = create_async_engine(database_url.set(drivername="postgresql+asyncpg"), pool_size=2)
+        monitor = PoolMonitor(engine, probe=False)
+        try:
+            with pytest.warns(Warning, match="garbage collector is trying to clean up"):
+                await leak(engine)
+                gc.collect()
+            snapshot = monitor.pool_snapshot()
+            assert snapshot.counters.gc_reclaimed == 1
+            assert (
+                snapshot.gc_reclaims[0].site and snapshot.gc_reclaims[0].site[0].function == "leak"
+            )
+            assert snapshot.checked_out == 0 and snapshot.counters.listener_errors == 0
         finally:
             monitor.detach()
             await engine.dispose()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 import logging
-import weakref
 
 import pytest
 
@@ -12,10 +10,6 @@ from monitor.state.holders import RequestScope
 from monitor.state.records import LeakClass, to_dict
 from monitor.state.tracker import PoolTracker, classify
 from tests.state.conftest import FakeClock
-
-
-class Proxy:
-    """Stands in for SQLAlchemy's connection proxy: only its liveness matters."""
 
 
 def _connect(tracker: PoolTracker, pid: int = 100):
@@ -28,9 +22,8 @@ def test_leak_appears_after_threshold_and_resolves_on_return(
     tracker: PoolTracker, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     slot = _connect(tracker)
-    proxy = Proxy()
     request = RequestScope("GET", "/products/7", "req-1")
-    tracker.checkout(slot, request, None, (), weakref.ref(proxy))
+    tracker.checkout(slot, request, None, ())
 
     clock.advance(4.9)
     assert tracker.sweep() == []
@@ -60,14 +53,11 @@ def test_leak_appears_after_threshold_and_resolves_on_return(
     assert snapshot.checked_out == 0 and snapshot.counters.gc_reclaimed == 0
 
 
-def test_dead_proxy_at_checkin_counts_a_gc_reclaim(tracker: PoolTracker, clock: FakeClock) -> None:
+def test_reclaimed_checkin_counts_a_gc_reclaim(tracker: PoolTracker, clock: FakeClock) -> None:
     slot = _connect(tracker)
-    proxy = Proxy()
-    tracker.checkout(slot, None, "worker-1", (), weakref.ref(proxy))
-    del proxy
-    gc.collect()
+    tracker.checkout(slot, None, "worker-1", ())
     clock.advance(2)
-    tracker.checkin(slot)
+    tracker.checkin(slot, reclaimed=True)
     snapshot = tracker.snapshot()
     assert snapshot.counters.gc_reclaimed == 1
     assert snapshot.gc_reclaims[0].holder is not None
@@ -76,12 +66,9 @@ def test_dead_proxy_at_checkin_counts_a_gc_reclaim(tracker: PoolTracker, clock: 
 
 
 def test_timeout_keeps_who_held_every_connection(tracker: PoolTracker, clock: FakeClock) -> None:
-    proxies = [Proxy(), Proxy()]
-    for index, proxy in enumerate(proxies):
+    for index in range(2):
         slot = _connect(tracker, pid=200 + index)
-        tracker.checkout(
-            slot, RequestScope("POST", f"/hold/{index}", f"r{index}"), None, (), weakref.ref(proxy)
-        )
+        tracker.checkout(slot, RequestScope("POST", f"/hold/{index}", f"r{index}"), None, ())
     clock.advance(3)
     tracker.waiting()
     assert tracker.snapshot().pending_requests == 1
@@ -100,10 +87,9 @@ def test_timeout_keeps_who_held_every_connection(tracker: PoolTracker, clock: Fa
 
 def test_second_connection_of_a_request_is_flagged_once(tracker: PoolTracker) -> None:
     request = RequestScope("GET", "/two", "r-2")
-    keep = [Proxy(), Proxy(), Proxy()]
     slots = [_connect(tracker, pid) for pid in (1, 2, 3)]
-    for slot, proxy in zip(slots, keep, strict=True):
-        tracker.checkout(slot, request, None, (), weakref.ref(proxy))
+    for slot in slots:
+        tracker.checkout(slot, request, None, ())
     snapshot = tracker.snapshot()
     assert snapshot.counters.multi_connection_requests == 1
     assert snapshot.multi_connection_requests[0].route == "GET /two"
@@ -134,9 +120,8 @@ def test_slow_queries_grouped_and_bounded(clock: FakeClock) -> None:
 
 def test_close_keeps_checkout_total_monotonic(tracker: PoolTracker) -> None:
     slot = _connect(tracker)
-    proxy = Proxy()
     for _ in range(3):
-        tracker.checkout(slot, None, "t", (), weakref.ref(proxy))
+        tracker.checkout(slot, None, "t", ())
         tracker.checkin(slot)
     assert tracker.snapshot().counters.checkouts == 3
     tracker.closed(slot)
@@ -146,8 +131,7 @@ def test_close_keeps_checkout_total_monotonic(tracker: PoolTracker) -> None:
 
 def test_detach_of_a_held_connection_releases_it(tracker: PoolTracker) -> None:
     slot = _connect(tracker)
-    proxy = Proxy()
-    tracker.checkout(slot, None, "t", (), weakref.ref(proxy))
+    tracker.checkout(slot, None, "t", ())
     tracker.detached(slot)
     snapshot = tracker.snapshot()
     assert snapshot.checked_out == 0 and snapshot.counters.detaches == 1
@@ -155,9 +139,8 @@ def test_detach_of_a_held_connection_releases_it(tracker: PoolTracker) -> None:
 
 def test_history_of_a_slot_is_bounded(tracker: PoolTracker) -> None:
     slot = _connect(tracker)
-    proxy = Proxy()
     for _ in range(100):
-        tracker.checkout(slot, None, "t", (), weakref.ref(proxy))
+        tracker.checkout(slot, None, "t", ())
         tracker.checkin(slot)
     (view,) = tracker.snapshot().connections
     assert 0 < len(view.history) <= 24
@@ -168,8 +151,7 @@ def test_snapshot_is_json_ready(tracker: PoolTracker) -> None:
     import json
 
     slot = _connect(tracker)
-    proxy = Proxy()
-    tracker.checkout(slot, RequestScope("GET", "/x", "r"), None, (), weakref.ref(proxy))
+    tracker.checkout(slot, RequestScope("GET", "/x", "r"), None, ())
     tracker.done_waiting(0.003, timed_out=False)
     data = to_dict(tracker.snapshot())
     text = json.dumps(data)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 from monitor.state.holders import RequestScope
 from monitor.state.records import PoolStats
 from monitor.state.server import Backend, ServerHealthSnapshot, ServerSample, ServerSettings
@@ -54,28 +52,20 @@ def stats(max_connections: int = 10, *, pre_ping: bool = True) -> PoolStats:
 APP = AppInfo("postgresql://u:***@localhost/db", "DATABASE_URL", True, None, 1)
 
 
-class Proxy:
-    pass
-
-
-def tracker_with(clock: FakeClock, pids: list[int]) -> tuple[PoolTracker, list[Proxy]]:
+def tracker_with(clock: FakeClock, pids: list[int]) -> PoolTracker:
     tracker = PoolTracker(
         "app", leak_threshold_s=5, slow_query_s=1, clock=clock, wall_clock=lambda: clock.now + 1e9
     )
-    proxies = []
     for pid in pids:
         slot = tracker.new_slot()
         tracker.connected(slot, pid, None)
-        proxies.append(Proxy())
         if pid == pids[0]:
-            tracker.checkout(
-                slot, RequestScope("POST", "/demo/leak", "r1"), None, (), weakref.ref(proxies[-1])
-            )
-    return tracker, proxies
+            tracker.checkout(slot, RequestScope("POST", "/demo/leak", "r1"), None, ())
+    return tracker
 
 
 def test_held_connection_joined_with_kill_timer(clock: FakeClock) -> None:
-    tracker, _keep = tracker_with(clock, [11, 12])
+    tracker = tracker_with(clock, [11, 12])
     clock.advance(6)
     tracker.sweep({11: "idle in transaction"})
     server = health((backend(11, "idle in transaction", state_age_s=45.0), backend(12, "idle")))
@@ -92,7 +82,7 @@ def test_held_connection_joined_with_kill_timer(clock: FakeClock) -> None:
 
 
 def test_orphans_and_phantoms(clock: FakeClock) -> None:
-    tracker, _keep = tracker_with(clock, [11, 12])
+    tracker = tracker_with(clock, [11, 12])
     # 12 is gone from the server (killed); 99 is ours by name but unknown to the pool; 50 is another app.
     server = health((backend(11, "active"), backend(99, "idle"), backend(50, "idle", app="other")))
     view = build_view(tracker.snapshot(), stats(), server, APP)
@@ -101,13 +91,13 @@ def test_orphans_and_phantoms(clock: FakeClock) -> None:
 
 
 def test_stale_server_data_is_not_joined(clock: FakeClock) -> None:
-    tracker, _keep = tracker_with(clock, [11])
+    tracker = tracker_with(clock, [11])
     view = build_view(tracker.snapshot(), stats(), health((backend(11, "idle"),), up=False), APP)
     assert view.held[0].server is None and view.orphans == () and view.phantoms == ()
 
 
 def test_capacity_warns_when_pool_exceeds_server(clock: FakeClock) -> None:
-    tracker, _keep = tracker_with(clock, [11])
+    tracker = tracker_with(clock, [11])
     view = build_view(
         tracker.snapshot(), stats(max_connections=30), health((backend(11, "idle"),)), APP
     )
