@@ -33,6 +33,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/checkout.py
 	$(BIN)/python bench/scrape.py
+	$(BIN)/python bench/probe.py
+	$(BIN)/python bench/overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -25,7 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
-CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "4"))
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+PIN = (
+    os.environ.get("BENCH_PIN", "0") == "1"
+    and shutil.which("taskset") is not None
+    and (os.cpu_count() or 1) >= 2
+)
 
 WRITE_LUA = """
 wrk.method = "POST"
@@ -48,8 +54,11 @@ def start_app(enabled: bool, port: int) -> subprocess.Popen[bytes]:
         "MONITOR_POOL_SIZE": "10",
         "MONITOR_LEAK_THRESHOLD_S": "30",
     }
+    # Pinning the app to one core and wrk to the other keeps them from trading places, which
+    # otherwise swings throughput by 10% between identical runs on a 2-core machine.
+    pin = ["taskset", "-c", "1"] if PIN else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "monitor.app:create_app",
+        [*pin, sys.executable, "-m", "uvicorn", "--factory", "monitor.app:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -67,9 +76,16 @@ def start_app(enabled: bool, port: int) -> subprocess.Popen[bytes]:
 
 def wrk(url: str, script: Path | None) -> tuple[float, float]:
     """Requests per second and p99 latency in ms for one run."""
-    command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", url]
-    if script is not None:
-        command[1:1] = ["-s", str(script)]
+    command = [
+        *(["taskset", "-c", "0"] if PIN else []),
+        "wrk",
+        *(["-s", str(script)] if script is not None else []),
+        f"-t{THREADS}",
+        f"-c{CONNECTIONS}",
+        f"-d{SECONDS}s",
+        "--latency",
+        url,
+    ]
     output = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
@@ -94,7 +110,7 @@ def main() -> None:
             "read  GET /products/{id}": (f"/products/{product['id']}", None),
             "write POST /products": ("/products", Path(lua.name)),
         }
-        print(f"wrk -t2 -c{CONNECTIONS} -d{SECONDS}s, {ROUNDS} alternating rounds per case")
+        print(f"wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s, {ROUNDS} alternating rounds per case")
         print(
             f"{'case':26} {'off rps':>9} {'on rps':>9} {'ratio':>7} {'off p99':>9} {'on p99':>9} {'diff':>8}"
         )

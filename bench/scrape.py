@@ -12,7 +12,6 @@ import os
 import statistics
 import sys
 import time
-import weakref
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,29 +49,22 @@ class FakeClock:
         return self.now
 
 
-class Proxy:
-    """Stands in for SQLAlchemy's connection proxy (only its liveness matters)."""
-
-
 def _site() -> Any:
-    # A real (code, line) pair, as the listener records at checkout.
+    # A real (code, instruction offset) pair, as the listener records at checkout.
     frame = sys._getframe()
-    return ((frame.f_code, frame.f_lineno),)
+    return ((frame.f_code, frame.f_lasti),)
 
 
-def build_tracker(clock: FakeClock) -> tuple[PoolTracker, list[Proxy]]:
+def build_tracker(clock: FakeClock) -> PoolTracker:
     tracker = PoolTracker(
         "app", leak_threshold_s=10.0, slow_query_s=0.5, clock=clock, wall_clock=lambda: clock.now
     )
-    proxies: list[Proxy] = []  # kept alive: a dead proxy would read as a GC reclaim
     for index in range(CONNECTIONS):
         slot = tracker.new_slot()
         tracker.connected(slot, FIRST_PID + index, 0.004)
         if index < CHECKED_OUT:
-            proxy = Proxy()
-            proxies.append(proxy)
             request = RequestScope("GET", f"/items/{index}", f"req-{index}")
-            tracker.checkout(slot, request, None, _site(), weakref.ref(proxy))
+            tracker.checkout(slot, request, None, _site())
             tracker.done_waiting(0.002, timed_out=False)
         clock.now += 0.001
     clock.now += 30.0  # every checkout is now past the leak threshold
@@ -80,7 +72,7 @@ def build_tracker(clock: FakeClock) -> tuple[PoolTracker, list[Proxy]]:
     tracker.sweep(states)
     for index in range(SLOW_QUERIES):
         tracker.slow_query(f"fp{index}", f"SELECT * FROM t{index} WHERE id = ?", 0.7, "GET /items")
-    return tracker, proxies
+    return tracker
 
 
 def build_server(clock: FakeClock) -> ServerHealthSnapshot:
@@ -162,7 +154,7 @@ def main() -> None:
     # 600 suspected leaks are on purpose here; their warnings would drown the figures.
     logging.getLogger("monitor.leaks").setLevel(logging.ERROR)
     clock = FakeClock()
-    tracker, _proxies = build_tracker(clock)
+    tracker = build_tracker(clock)
     monitor = BenchMonitor(tracker, build_server(clock))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MonitorCollector(lambda: cast(PoolMonitor, monitor)))

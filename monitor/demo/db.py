@@ -85,6 +85,7 @@ class _Watchdog:
         self._tokens = itertools.count(1)
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._sleeping_until = 0.0  # when the watchdog wakes up next by itself
 
     def arm(self, dbapi_connection: Any, timeout_s: float) -> int:
         token = next(self._tokens)
@@ -115,8 +116,8 @@ class _Watchdog:
                         # Under the lock the ping is still running, so the descriptor is its own.
                         del self._armed[token]
                         _shutdown(fileno)
-                next_deadline = min((d for d, _ in self._armed.values()), default=now + 60)
-                self._wake.wait(max(0.01, next_deadline - now))
+                self._sleeping_until = min((d for d, _ in self._armed.values()), default=now + 60)
+                self._wake.wait(max(0.01, self._sleeping_until - now))
 
 
 def _shutdown(fileno: int) -> None:
