@@ -45,10 +45,9 @@ def hostile_settings(app_settings: Settings) -> Settings:
 @contextmanager
 def outside_session(url: URL) -> Iterator[int]:
     """A session outside the pool, named with the payload, running the payload query."""
-    conn = psycopg2.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-        dbname=url.database, application_name=APP_PAYLOAD,
-    )  # fmt: skip
+    # The libpq URI form keeps a Unix-socket host given in the query (the embedded server).
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = psycopg2.connect(dsn, application_name=APP_PAYLOAD)
     conn.autocommit = True
     pid = conn.get_backend_pid()
     worker = threading.Thread(target=lambda: conn.cursor().execute(OUTSIDE_SQL), daemon=True)
