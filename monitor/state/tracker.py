@@ -12,7 +12,7 @@ import itertools
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from monitor.state.clock import Clock, monotonic, wall
@@ -362,17 +362,6 @@ class PoolTracker:
     def checked_out(self) -> int:
         return len(self._out)
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def held_pids(self) -> Iterable[int]:
-        return [slot.pid for slot in list(self._out.values()) if slot.pid is not None]
-
-    def known_pids(self) -> set[int]:
-        with self._lock:
-            return {slot.pid for slot in self._open.values() if slot.pid is not None}
-
     # ---- internals ---------------------------------------------------------------------------
 
     def _to_wall(self, monotonic_at: float) -> float:
@@ -517,7 +506,3 @@ def classify(server_state: str | None) -> LeakClass:
     if server_state in ("active", "fastpath function call"):
         return LeakClass.ACTIVE
     return LeakClass.UNKNOWN
-
-
-ServerStates = Mapping[int, str | None]
-StateReader = Callable[[], ServerStates | None]
