@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
-import os
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -20,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.demo.models import Base
 from monitor.settings import Settings
+from monitor.socket_deadline import SocketDeadline
 from monitor.urls import hide_dsn_in_pool_logs
 
 log = logging.getLogger(__name__)
@@ -67,70 +63,17 @@ def bound_pre_ping(engine: Engine, timeout_s: float) -> None:
     do_ping = dialect.do_ping
 
     def _do_ping(dbapi_connection: Any) -> bool:
-        token = _WATCHDOG.arm(dbapi_connection, timeout_s)
+        deadline = SocketDeadline(timeout_s)
+        deadline.attach(dbapi_connection)
         try:
             result: bool = do_ping(dbapi_connection)
         finally:
-            _WATCHDOG.disarm(token)
+            deadline.close()
+        if deadline.fired:
+            log.warning("pre-ping got no answer in %.1f s: the connection is replaced", timeout_s)
         return result
 
     dialect.do_ping = _do_ping
-
-
-class _Watchdog:
-    """One daemon thread shuts down the sockets of pings past their deadline."""
-
-    def __init__(self) -> None:
-        self._armed: dict[int, tuple[float, int]] = {}  # token -> (deadline, fileno)
-        self._tokens = itertools.count(1)
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._sleeping_until = 0.0  # when the watchdog wakes up next by itself
-
-    def arm(self, dbapi_connection: Any, timeout_s: float) -> int:
-        token = next(self._tokens)
-        try:
-            fileno = int(dbapi_connection.fileno())
-        except Exception:
-            return token  # no socket: nothing can hang on it
-        with self._wake:
-            self._armed[token] = (time.monotonic() + timeout_s, fileno)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="pre-ping-deadline", daemon=True
-                )
-                self._thread.start()
-            self._wake.notify()
-        return token
-
-    def disarm(self, token: int) -> None:
-        with self._wake:
-            self._armed.pop(token, None)
-
-    def _run(self) -> None:
-        with self._wake:
-            while True:
-                now = time.monotonic()
-                for token, (deadline, fileno) in list(self._armed.items()):
-                    if deadline <= now:
-                        # Under the lock the ping is still running, so the descriptor is its own.
-                        del self._armed[token]
-                        _shutdown(fileno)
-                self._sleeping_until = min((d for d, _ in self._armed.values()), default=now + 60)
-                self._wake.wait(max(0.01, self._sleeping_until - now))
-
-
-def _shutdown(fileno: int) -> None:
-    try:
-        watched = socket.socket(fileno=os.dup(fileno))
-    except OSError:
-        return
-    with watched, contextlib.suppress(OSError):
-        watched.shutdown(socket.SHUT_RDWR)
-    log.warning("pre-ping got no answer in time: connection dropped, a new one will be tried")
-
-
-_WATCHDOG = _Watchdog()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -6,11 +6,8 @@ blind it; every failure is recorded in `ServerHealth`, never raised.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from monitor.probes.activity import fetch_activity
 from monitor.probes.settings import fetch_settings
+from monitor.socket_deadline import SocketDeadline
 from monitor.state.server import ServerHealth, ServerSample, ServerSettings, short_error
 from monitor.urls import hide_dsn_in_pool_logs, sync_psycopg2_url
 
@@ -62,7 +60,7 @@ class ServerProbe:
         self._connects = 0
         self._last_attempt_reused = False
         self._last_up: bool | None = None
-        self._deadline: _SocketDeadline | None = None
+        self._deadline: SocketDeadline | None = None
         self._settings: ServerSettings | None = None
         self._settings_read_at = 0.0
         self._engine = create_engine(
@@ -143,7 +141,7 @@ class ServerProbe:
     def _run(self) -> None:
         started = self._monotonic()
         taken_at = self._clock()
-        deadline = self._deadline = _SocketDeadline(self.timeout_s)
+        deadline = self._deadline = SocketDeadline(self.timeout_s)
         try:
             try:
                 sample = self._attempt(started, taken_at, deadline)
@@ -172,7 +170,7 @@ class ServerProbe:
             log.info("database reachable again for the probe")
         self._last_up = True
 
-    def _attempt(self, started: float, taken_at: float, deadline: _SocketDeadline) -> ServerSample:
+    def _attempt(self, started: float, taken_at: float, deadline: SocketDeadline) -> ServerSample:
         connects_before = self._connects
         self._last_attempt_reused = False
         with self._engine.connect() as conn:
@@ -204,64 +202,6 @@ class ServerProbe:
             self._settings = fetch_settings(conn)
             self._settings_read_at = now
         return self._settings
-
-
-class _SocketDeadline:
-    """Client-side deadline: shuts the probe's socket down when the server stops answering.
-
-    statement_timeout is enforced by the server, so it cannot end a wait on a half-open
-    connection; shutting a duplicate of the socket down makes libpq's blocked read fail.
-    """
-
-    def __init__(self, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._timer: threading.Timer | None = None
-        self._done = False
-        self.fired = False
-
-    def attach(self, dbapi_connection: Any) -> None:
-        """Watch this connection's socket; the clock starts at the first attach."""
-        try:
-            # A duplicate of our own: libpq may close its descriptor (and the number be
-            # reused) while the timer runs; the duplicate keeps pointing at this socket.
-            watched = socket.socket(fileno=os.dup(dbapi_connection.fileno()))
-        except Exception:
-            return  # no socket to watch (already closed): nothing can hang on it
-        with self._lock:
-            if self._done:
-                watched.close()
-                return
-            self._sockets.append(watched)
-            if self.fired:
-                _shutdown(watched)
-            elif self._timer is None:
-                self._timer = threading.Timer(self._timeout_s, self._fire)
-                self._timer.daemon = True
-                self._timer.start()
-
-    def close(self) -> None:
-        with self._lock:
-            self._done = True
-            if self._timer is not None:
-                self._timer.cancel()
-            for watched in self._sockets:
-                watched.close()
-            self._sockets.clear()
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self.fired = True
-            for watched in self._sockets:
-                _shutdown(watched)
-
-
-def _shutdown(watched: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # already disconnected
-        watched.shutdown(socket.SHUT_RDWR)
 
 
 def describe_error(exc: BaseException) -> str:
