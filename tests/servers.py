@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,11 +25,12 @@ def free_port() -> int:
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll until `predicate()` holds; False once `timeout_s` has passed."""
+    """Poll until `predicate()` holds (an exception counts as not yet); False after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if predicate():
-            return True
+        with contextlib.suppress(Exception):
+            if predicate():
+                return True
         if time.monotonic() > deadline:
             return False
         time.sleep(interval_s)

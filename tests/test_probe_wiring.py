@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -14,15 +12,7 @@ from monitor.app import create_app
 from monitor.embedded import EmbeddedPostgres
 from monitor.settings import Settings
 from tests.conftest import url_string
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+from tests.servers import wait_for
 
 
 def test_probe_uses_one_backend_and_never_the_app_pool(embedded_pg: EmbeddedPostgres) -> None:
@@ -36,7 +26,7 @@ def _assert_single_probe_backend(client: TestClient, engine: Engine) -> None:
     monitor = client.app.state.pool_monitor  # type: ignore[attr-defined]
     checkouts_before = monitor.pool_snapshot().counters.checkouts  # schema creation at startup
     probes_before = monitor.server_health.snapshot().probes_total
-    assert wait_for(lambda: monitor.server_health.snapshot().probes_total >= probes_before + 3)
+    assert wait_for(lambda: monitor.server_health.snapshot().probes_total >= probes_before + 3, 10)
     assert monitor.pool_stats().checked_out == 0
     assert monitor.pool_snapshot().counters.checkouts == checkouts_before  # probing never used it
     with engine.connect() as conn:
@@ -56,9 +46,9 @@ def test_pg_up_drops_when_the_server_stops_and_recovers() -> None:
         settings = Settings(database_url=url_string(url), probe_interval_s=0.3, probe_timeout_s=1.0)
         with TestClient(create_app(settings)) as client:
             health = client.app.state.pool_monitor.server_health  # type: ignore[attr-defined]
-            assert wait_for(lambda: health.snapshot().up is True)
+            assert wait_for(lambda: health.snapshot().up is True, 10)
             server.stop()
-            assert wait_for(lambda: health.snapshot().up is False), "pg_up never went to 0"
+            assert wait_for(lambda: health.snapshot().up is False, 10), "pg_up never went to 0"
             assert client.get("/healthz").status_code == 200
             assert client.get("/monitor/api/snapshot").json()["server"]["up"] is False
             server.restart()

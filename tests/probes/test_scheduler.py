@@ -10,6 +10,7 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from monitor.probes.scheduler import Job, start_scheduler, stop_scheduler
+from tests.servers import wait_for
 
 Starter = Callable[..., BackgroundScheduler]
 
@@ -27,15 +28,6 @@ def start() -> Iterator[Starter]:
     yield start_one
     for scheduler in started:
         stop_scheduler(scheduler)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def test_job_runs_at_once_then_repeatedly(start: Starter) -> None:

@@ -9,7 +9,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,33 +31,14 @@ from monitor.app import create_app
 from monitor.embedded import EmbeddedPostgres
 from monitor.settings import Settings
 from tests.reliability.fault_proxy import FaultProxy
+from tests.servers import free_port, wait_for  # noqa: F401 - re-exported to the suite
 
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll until `predicate()` is true; False after `timeout_s` (exceptions count as false)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if predicate():
-                return True
-        except Exception:
-            pass
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval_s)
 
 
 def median(values: list[float]) -> float:
