@@ -7,7 +7,6 @@ stopped when the last process that started it exits.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -93,7 +92,3 @@ class EmbeddedPostgres:
                     conn.execute(text(f'CREATE DATABASE "{self.database}"'))
         finally:
             engine.dispose()
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("MONITOR_EMBEDDED_DATA_DIR", ".data/postgres"))
