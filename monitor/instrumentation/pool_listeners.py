@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -29,19 +30,10 @@ from monitor.state.holders import current_request
 from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker, Slot
 
-SLOT_KEY = "pool_monitor.slot"
+SLOT_KEY = "pool_monitor.slot"  # in record_info, for the rare events
+SLOT_ATTR = "_pool_monitor_slot"  # on the record once adopted; the checkout path reads it by name
 # Set by the async-only reset listener when the garbage collector is cleaning a connection up.
 GC_KEY = "pool_monitor.gc"
-
-
-def _current_task() -> object:
-    """The asyncio task or thread taking the connection; its name is read only when shown."""
-    loop = asyncio._get_running_loop()  # None outside a loop, without raising (unlike current_task)
-    if loop is not None:
-        task = asyncio.current_task(loop)
-        if task is not None:
-            return task
-    return threading.current_thread()
 
 
 class PoolListeners:
@@ -88,7 +80,10 @@ class PoolListeners:
             for name in ("_do_get", "_create_connection"):
                 pool.__dict__.pop(name, None)
         for record in list(self._wrapped_records):
-            record.__dict__.pop("checkin", None)
+            for name in ("checkin", SLOT_ATTR):
+                record.__dict__.pop(name, None)
+            # A later monitor starts the record on fresh books.
+            record.record_info.pop(SLOT_KEY, None)
         self._wrapped_pools = weakref.WeakSet()
         self._wrapped_records = weakref.WeakSet()
         self._engine = None
@@ -104,25 +99,42 @@ class PoolListeners:
         create_connection = pool._create_connection
         clock = time.perf_counter
         waiting = tracker.pending_list
-        observe_wait = tracker.wait_time.observe
-        checked_out = self._checked_out
+        checkout = tracker.checkout
+        adopt = self._adopt
+        request_in_flight = current_request.get
+        running_loop = asyncio._get_running_loop  # None outside a loop, without raising
+        current_task = asyncio.current_task
+        thread_ident = threading.get_ident
+        # skip capture() and this wrapper: the walk starts at SQLAlchemy's caller
+        capture = partial(self._capture.capture, 2) if self._capture is not None else tuple
         guard = self._guard
 
+        # Every line here runs on every checkout: one frame, names bound in the closure.
         def _do_get() -> Any:
             started = clock()
             waiting.append(None)
             try:
                 record = do_get()
-            except sa_exc.TimeoutError:
-                tracker.done_waiting(clock() - started, timed_out=True)
+            except BaseException as error:
+                timed_out = isinstance(error, sa_exc.TimeoutError)
+                tracker.done_waiting(clock() - started, timed_out=timed_out)
                 raise
-            except BaseException:
-                tracker.done_waiting(clock() - started, timed_out=False)
-                raise
+            waited_s = clock() - started
             waiting.pop()
-            observe_wait(clock() - started)
             try:
-                checked_out(record)
+                try:
+                    slot = record._pool_monitor_slot  # type: ignore[attr-defined]
+                except AttributeError:
+                    slot = adopt(record)
+                request = request_in_flight()
+                if request is not None:
+                    checkout(slot, request, None, capture(), waited_s)
+                else:
+                    # The asyncio task or thread taking it; a name is looked up only when shown.
+                    loop = running_loop()
+                    task = current_task(loop) if loop is not None else None
+                    holder = thread_ident() if task is None else task
+                    checkout(slot, None, holder, capture(), waited_s)
             except Exception:
                 guard.failed("checkout")
             return record
@@ -137,20 +149,6 @@ class PoolListeners:
         pool._create_connection = _create_connection  # type: ignore[method-assign]
         self._wrapped_pools.add(pool)
 
-    def _checked_out(self, record: Any) -> None:
-        slot = record.record_info.get(SLOT_KEY)
-        if slot is None or "checkin" not in record.__dict__:
-            slot = self._adopt(record)
-        request = current_request.get()
-        capture = self._capture
-        self._tracker.checkout(
-            slot,
-            request,
-            None if request is not None else _current_task(),
-            # skip this method and the _do_get wrapper: start at SQLAlchemy's caller
-            capture.capture(3) if capture is not None else (),
-        )
-
     def _adopt(self, record: Any) -> Slot:
         """First sight of a record: give it a slot and wrap its `checkin`."""
         slot = self._slot(record)
@@ -164,18 +162,21 @@ class PoolListeners:
         record_ref = weakref.ref(record)
         class_checkin = type(record).checkin
 
-        def checkin(*args: Any, **kwargs: Any) -> None:
+        # The exact signature, not *args: argument packing would cost more than the rest.
+        def checkin(_fairy_was_created: bool = True) -> None:
             current = record_ref()
             if current is None:
                 return
             try:
                 proxy = current.fairy_ref
-                tracker.checkin(slot, reclaimed=proxy is not None and proxy() is None)
+                tracker.checkin(slot, proxy is not None and proxy() is None)
             except Exception:
                 guard.failed("checkin")
-            class_checkin(current, *args, **kwargs)
+            class_checkin(current, _fairy_was_created)
 
         record.checkin = checkin
+        # Also on the instance: the checkout path finds it with one dict lookup.
+        record.__dict__[SLOT_ATTR] = slot
         self._wrapped_records.add(record)
         return slot
 

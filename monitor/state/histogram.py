@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat, starmap
 
 # OpenTelemetry's advice for db.client.connection.* durations, in seconds.
 DURATION_BUCKETS_S: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
 # Pending samples are folded into the buckets once this many accumulate (or at every read).
-_FOLD_AT = 2048
+FOLD_AT = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +44,14 @@ class Histogram:
         self._bounds = tuple(sorted(buckets))
         self._counts = [0] * (len(self._bounds) + 1)
         self._sum = 0.0
-        self._pending: deque[float] = deque()
+        # Hot paths may append here directly and call `fold()` past FOLD_AT (saves a call).
+        self.pending: deque[float] = deque()
         self._lock = threading.Lock()
 
     def observe(self, value: float) -> None:
-        self._pending.append(value)
-        if len(self._pending) > _FOLD_AT:
-            self._fold()
+        self.pending.append(value)
+        if len(self.pending) > FOLD_AT:
+            self.fold()
 
     def snapshot(self) -> HistogramSnapshot:
         with self._lock:
@@ -65,18 +68,18 @@ class Histogram:
                 count=running,
             )
 
-    def _fold(self) -> None:
+    def fold(self) -> None:
         with self._lock:
             self._fold_locked()
 
     def _fold_locked(self) -> None:
-        pending = self._pending
-        bounds = self._bounds
+        # Bulk operations in C: take exactly the samples present now (appends may race in, they
+        # stay for the next fold), bucket them with bisect, count with Counter.
+        pending = self.pending
+        values = list(starmap(pending.popleft, repeat((), len(pending))))
+        if not values:
+            return
         counts = self._counts
-        while True:
-            try:
-                value = pending.popleft()
-            except IndexError:
-                return
-            counts[bisect.bisect_left(bounds, value)] += 1
-            self._sum += value
+        for index, count in Counter(map(partial(bisect.bisect_left, self._bounds), values)).items():
+            counts[index] += count
+        self._sum += sum(values)

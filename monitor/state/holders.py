@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +48,20 @@ class Holder:
 
 
 def describe(request: RequestScope | None, task: object) -> Holder:
+    """`task`: an asyncio task, a thread's ident (the checkout path keeps only that), or a name."""
     if request is not None:
         return Holder("request", f"{request.method} {request.route}", request.request_id)
     if isinstance(task, str):
         return Holder("task", task, None)
+    if isinstance(task, int):
+        return Holder("task", thread_name(task), None)
     get_name = getattr(task, "get_name", None)  # asyncio.Task
     name = get_name() if callable(get_name) else getattr(task, "name", None)  # threading.Thread
     return Holder("task", str(name) if name else "unknown", None)
+
+
+def thread_name(ident: int) -> str:
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return thread.name
+    return f"thread {ident} (ended)"

@@ -13,7 +13,8 @@ RawSite = tuple[tuple[CodeType, int], ...]
 
 _MAX_WALK = 48
 _MAX_KEPT = 3
-_LIBRARY_RUN_STOP = 3
+_MAX_PATHS = 4
+_MAX_CODES = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,87 +29,109 @@ class Frame:
 
 
 class SiteCapture:
-    """Walks the caller's stack, skipping library frames (decided once per code object).
+    """Finds the app frames that took a connection, skipping library frames.
 
-    The library frames between the listener and the app are the same for a given call path, so
-    their count is cached per path and skipped in one C-level `sys._getframe` jump.
+    Runs on every checkout, where Python 3.11 builds a frame object for each frame touched. The
+    library frames between the pool and the app are the same for a given call path, so a walk
+    remembers at which depth it met which app function first; later checkouts jump to that depth
+    in C (`sys._getframe`) and trust the frame there when it runs one of those functions.
     """
 
     def __init__(
         self,
         library_prefixes: tuple[str, ...],
         outer_frame: Callable[[], FrameType | None] | None = None,
+        max_kept: int = _MAX_KEPT,
     ) -> None:
         self._prefixes = library_prefixes
         # Where the stack continues when it ends without app frames (an async engine runs the
         # pool inside a greenlet; the app's coroutine frames are in the parent greenlet).
         self._outer_frame = outer_frame
-        # Keyed by id(): hashing a code object hashes its bytecode, far too slow per frame.
-        # The value holds the code object, so its id cannot be reused while it is cached.
-        self._is_library: dict[int, tuple[CodeType, bool]] = {}
-        self._skip_by_path: dict[int, int] = {}
-        self._keep_alive: dict[int, CodeType] = {}
+        self._more_frames = range(max_kept - 1)
+        # ids of classified code objects (hashing a code object hashes its bytecode: too slow);
+        # `_codes` holds the objects so that no id is reused while it is classified.
+        self._app_ids: set[int] = set()
+        self._library_ids: set[int] = set()
+        self._codes: list[CodeType] = []
+        # Known paths, most recent first: a depth (seen from `capture`) and the ids of the app
+        # functions a walk found as the first app frame at that depth.
+        self._paths: list[tuple[int, set[int]]] = []
 
     def capture(self, skip: int = 2) -> RawSite:
-        # Python 3.11 builds a frame object for every frame touched from Python, so the walk is
-        # kept short: jump over the known library frames in C, verify the jump, walk a few frames.
+        """App frames of the caller `skip` frames up (0 is this method), innermost first."""
         getframe = sys._getframe
-        caller = getframe(skip).f_code
-        leading = self._skip_by_path.get(id(caller))
-        if leading:
+        for depth, first_app_ids in self._paths:
             try:
-                before, start = getframe(skip + leading - 1), getframe(skip + leading)
+                frame = getframe(depth)
             except ValueError:
-                leading = None
-            else:
-                # Another call path behind the same caller: walk it once and remember it.
-                if not self._library(before.f_code) or self._library(start.f_code):
-                    leading = None
-        if leading is None:
-            kept, leading = self._walk(getframe(skip))
-            if not kept and self._outer_frame is not None:
-                return self._walk(self._outer_frame())[0]
-            self._skip_by_path[id(caller)] = leading
-            self._keep_alive[id(caller)] = caller
-            return kept
-        return self._walk(start)[0] if leading else self._walk(getframe(skip))[0]
+                continue
+            if id(frame.f_code) in first_app_ids:
+                break
+        else:
+            first = self._find(getframe(skip), skip)
+            if first is None:
+                return ()
+            frame = first
+        # f_lasti, not f_lineno: the line is derived from it only when shown (0.6 us saved).
+        site: RawSite = ((frame.f_code, frame.f_lasti),)
+        app_ids = self._app_ids
+        for _ in self._more_frames:
+            caller = frame.f_back
+            if caller is None:
+                break
+            code = caller.f_code
+            if id(code) not in app_ids and self._is_library(code):
+                break  # past the app: framework and event-loop plumbing
+            site += ((code, caller.f_lasti),)
+            frame = caller
+        return site
 
-    def _library(self, code: CodeType) -> bool:
-        known = self._is_library.get(id(code))
-        if known is None:
-            known = self._is_library[id(code)] = (code, code.co_filename.startswith(self._prefixes))
-        return known[1]
-
-    def _walk(self, frame: FrameType | None) -> tuple[RawSite, int]:
-        """App frames from `frame` outwards, and how many library frames preceded the first."""
-        # Runs on every checkout: the library lookup is inlined and names are bound locally.
-        is_library = self._is_library
-        prefixes = self._prefixes
-        kept: list[tuple[CodeType, int]] = []
-        leading = 0
-        library_run = 0
-        walked = 0
-        while frame is not None and walked < _MAX_WALK:
+    def _find(self, frame: FrameType | None, depth: int) -> FrameType | None:
+        """The slow path: walk to the first app frame and remember at which depth it was."""
+        for _ in range(_MAX_WALK):
+            if frame is None:
+                break
             code = frame.f_code
-            known = is_library.get(id(code))
-            if known is None:
-                known = is_library[id(code)] = (code, code.co_filename.startswith(prefixes))
-            if known[1]:
-                if not kept:
-                    leading += 1
-                else:
-                    library_run += 1
-                    if library_run >= _LIBRARY_RUN_STOP:
-                        break  # past the app: framework and event-loop plumbing
-            else:
-                library_run = 0
-                # f_lasti, not f_lineno: the line is derived from it only when shown (0.6 us saved).
-                kept.append((code, frame.f_lasti))
-                if len(kept) >= _MAX_KEPT:
-                    break
+            if not self._is_library(code):
+                if depth > 0:
+                    self._remember(depth, id(code))
+                return frame
             frame = frame.f_back
-            walked += 1
-        return tuple(kept), leading
+            depth += 1
+        if self._outer_frame is not None and frame is None:
+            # Not remembered: the depths of another greenlet's stack are not reachable from here.
+            frame = self._outer_frame()
+            for _ in range(_MAX_WALK):
+                if frame is None:
+                    break
+                if not self._is_library(frame.f_code):
+                    return frame
+                frame = frame.f_back
+        return None
+
+    def _remember(self, depth: int, code_id: int) -> None:
+        for index, (known_depth, first_app_ids) in enumerate(self._paths):
+            if known_depth == depth:
+                first_app_ids.add(code_id)
+                self._paths.insert(0, self._paths.pop(index))
+                return
+        self._paths = [(depth, {code_id}), *self._paths][:_MAX_PATHS]
+
+    def _is_library(self, code: CodeType) -> bool:
+        if id(code) in self._app_ids:
+            return False
+        if id(code) in self._library_ids:
+            return True
+        if len(self._codes) >= _MAX_CODES:
+            # Code made at run time (exec, templates) would grow the cache without end.
+            self._codes.clear()
+            self._app_ids.clear()
+            self._library_ids.clear()
+            self._paths = []
+        library = code.co_filename.startswith(self._prefixes)
+        self._codes.append(code)
+        (self._library_ids if library else self._app_ids).add(id(code))
+        return library
 
 
 def format_site(raw: RawSite) -> tuple[Frame, ...]:

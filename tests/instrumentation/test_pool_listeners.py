@@ -14,6 +14,7 @@ from sqlalchemy import exc as sa_exc
 
 from monitor.pool_monitor import PoolMonitor
 from monitor.state.records import to_dict
+from monitor.state.tracker import PoolTracker
 
 
 def test_held_connection_is_tracked_with_its_pid_and_site(
@@ -212,19 +213,23 @@ def test_slow_statement_is_grouped_without_its_parameters(
 
 def test_listener_failure_is_counted_and_never_raised(
     engine: Engine,
-    monitor: PoolMonitor,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def explode(*args: object, **kwargs: object) -> None:
         raise ValueError("bug in the monitor")
 
-    monkeypatch.setattr(monitor.tracker, "checkout", explode)
-    for _ in range(3):
-        with engine.connect() as conn:
-            assert conn.scalar(text("SELECT 1")) == 1
-    assert monitor.pool_snapshot().counters.listener_errors == 3
-    assert sum("listener 'checkout' failed" in r.getMessage() for r in caplog.records) == 1
+    # Before attaching: the acquire wrapper binds the tracker's methods once.
+    monkeypatch.setattr(PoolTracker, "checkout", explode)
+    monitor = PoolMonitor(engine, probe=False)
+    try:
+        for _ in range(3):
+            with engine.connect() as conn:
+                assert conn.scalar(text("SELECT 1")) == 1
+        assert monitor.pool_snapshot().counters.listener_errors == 3
+        assert sum("listener 'checkout' failed" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        monitor.detach()
 
 
 def test_orm_session_site_is_the_app_line(engine: Engine, monitor: PoolMonitor) -> None:

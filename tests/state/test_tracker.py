@@ -172,3 +172,12 @@ def test_snapshot_is_json_ready(tracker: PoolTracker) -> None:
 )
 def test_classify(state: str | None, expected: LeakClass) -> None:
     assert classify(state) is expected
+
+
+def test_wait_time_given_at_checkout_lands_in_the_histogram(tracker: PoolTracker) -> None:
+    slot = _connect(tracker)
+    tracker.checkout(slot, None, "t", (), 0.003)
+    tracker.checkin(slot)
+    tracker.checkout(slot, None, "t", ())  # not timed by the caller: no sample
+    wait = tracker.snapshot().wait_time
+    assert wait.count == 1 and wait.cumulative_counts[0] == 0 and wait.cumulative_counts[1] == 1

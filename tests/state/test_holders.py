@@ -1,0 +1,48 @@
+"""Holders as shown to readers: the request, or the thread/task, named only when shown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from monitor.state.holders import RequestScope, describe
+
+
+def test_a_request_is_described_by_method_route_and_id() -> None:
+    holder = describe(RequestScope("GET", "/products/7", "req-1"), threading.get_ident())
+    assert (holder.kind, holder.route, holder.request_id) == ("request", "GET /products/7", "req-1")
+
+
+def test_a_thread_ident_is_named_while_the_thread_lives() -> None:
+    # The checkout path keeps only the ident (one C call); the name is looked up when shown.
+    seen: list[str] = []
+    release = threading.Event()
+
+    def hold() -> None:
+        seen.append(describe(None, threading.get_ident()).route)
+        release.wait(5)
+
+    worker = threading.Thread(target=hold, name="report-worker")
+    worker.start()
+    ident = worker.ident
+    assert ident is not None
+    for _ in range(500):
+        if seen:
+            break
+        threading.Event().wait(0.01)
+    assert seen == ["report-worker"]
+    assert describe(None, ident).route == "report-worker"
+    release.set()
+    worker.join(5)
+    assert describe(None, ident).route == f"thread {ident} (ended)"
+
+
+def test_an_asyncio_task_is_named_by_its_task_name() -> None:
+    async def main() -> str:
+        task = asyncio.current_task()
+        return describe(None, task).route
+
+    async def run() -> str:
+        return await asyncio.create_task(main(), name="nightly-report")
+
+    assert asyncio.run(run()) == "nightly-report"
