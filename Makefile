@@ -32,6 +32,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/checkout.py
+	if command -v valgrind >/dev/null; then $(BIN)/python bench/checkout_instructions.py; \
+	else echo "bench/checkout_instructions.py skipped: no valgrind"; fi
 	$(BIN)/python bench/scrape.py
 	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/overhead.py

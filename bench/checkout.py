@@ -80,7 +80,7 @@ def main() -> None:
             watched_times.append(times[id(watched)])
             ratios.append(times[id(watched)] / times[id(bare)])
         ratio = statistics.median(ratios)
-        low, _, high = statistics.quantiles(ratios, n=4)
+        low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratio] * 3
         verdict = "" if goal is None else (f"<= {goal:.2f} {'ok' if ratio <= goal else 'MISSED'}")
         print(
             f"{name:34} {statistics.median(bare_times):9.2f} "

@@ -27,3 +27,18 @@ def test_benchmark_runs(script: str, expected: str, database_url: URL) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert expected in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["bare", "monitored, site capture off", "monitored"])
+def test_instruction_benchmark_programs_run(mode: str, database_url: URL) -> None:
+    # valgrind makes the real run take minutes: here each generated program runs plain, briefly.
+    sys.path.insert(0, str(BENCH))
+    try:
+        import checkout_instructions
+    finally:
+        sys.path.remove(str(BENCH))
+    program = checkout_instructions.cycle_program(mode, 20).replace(
+        repr(checkout_instructions.URL), repr(url_string(database_url))
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]

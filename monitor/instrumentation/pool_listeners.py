@@ -175,7 +175,7 @@ class PoolListeners:
             class_checkin(current, _fairy_was_created)
 
         record.checkin = checkin
-        # Also on the instance: the checkout path finds it with one dict lookup.
+        # Also on the instance: the checkout path reads it as a plain attribute.
         record.__dict__[SLOT_ATTR] = slot
         self._wrapped_records.add(record)
         return slot
