@@ -2,7 +2,8 @@
 
 Two app processes (MONITOR_ENABLED=true / false) share one database; wrk runs alternate between
 them for a CRUD read (GET /products/{id}) and a CRUD write (POST /products). Prints the median
-throughput ratio (on/off; goal >= 0.97) and the p99 difference (goal <= 1 ms).
+throughput ratio (on/off; goal >= 0.97) and the p99 difference (goal <= 1 ms), and the same
+ratio for a third, identical monitor-off app: the noise floor of the machine in that run.
 Run: `.venv/bin/python bench/overhead.py` (needs `wrk`; DATABASE_URL or the local PostgreSQL).
 """
 
@@ -95,16 +96,25 @@ def wrk(url: str, script: Path | None) -> tuple[float, float]:
     return rps, p99_ms
 
 
+def median_ratio(results: dict[str, list[tuple[float, float]]], app: str) -> float:
+    """Median over rounds of the app's throughput divided by the monitor-off app's."""
+    pairs = zip(results[app], results["off"], strict=True)
+    return statistics.median(mine[0] / off[0] for mine, off in pairs)
+
+
 def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package 'wrk')")
-    ports = {True: free_port(), False: free_port()}
-    apps = {enabled: start_app(enabled, port) for enabled, port in ports.items()}
+    # "control" is a second app with the monitor off: its ratio to "off" is the noise floor,
+    # what two identical apps measure against each other in the same run.
+    monitor_on = {"on": True, "off": False, "control": False}
+    ports = {name: free_port() for name in monitor_on}
+    apps = {name: start_app(monitor_on[name], port) for name, port in ports.items()}
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(WRITE_LUA)
     try:
         product = httpx.post(
-            f"http://127.0.0.1:{ports[False]}/products", json={"name": "read-me", "price": 1}
+            f"http://127.0.0.1:{ports['off']}/products", json={"name": "read-me", "price": 1}
         ).json()
         cases = {
             "read  GET /products/{id}": (f"/products/{product['id']}", None),
@@ -112,28 +122,30 @@ def main() -> None:
         }
         print(f"wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s, {ROUNDS} alternating rounds per case")
         print(
-            f"{'case':26} {'off rps':>9} {'on rps':>9} {'ratio':>7} {'off p99':>9} {'on p99':>9} {'diff':>8}"
+            f"{'case':26} {'off rps':>9} {'on rps':>9} {'ratio':>7} {'off p99':>9} {'on p99':>9} "
+            f"{'diff':>8} {'control':>8}"
         )
+        names = list(monitor_on)
         for name, (path, script) in cases.items():
-            results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+            results: dict[str, list[tuple[float, float]]] = {app: [] for app in names}
             for round_index in range(ROUNDS):
-                order = (False, True) if round_index % 2 == 0 else (True, False)
-                for enabled in order:
-                    results[enabled].append(wrk(f"http://127.0.0.1:{ports[enabled]}{path}", script))
-            ratio = statistics.median(
-                on[0] / off[0] for on, off in zip(results[True], results[False], strict=True)
-            )
+                shift = round_index % len(names)
+                for app in names[shift:] + names[:shift]:  # each app goes first in turn
+                    results[app].append(wrk(f"http://127.0.0.1:{ports[app]}{path}", script))
+
             p99_diff = statistics.median(
-                on[1] - off[1] for on, off in zip(results[True], results[False], strict=True)
+                on[1] - off[1] for on, off in zip(results["on"], results["off"], strict=True)
             )
-            off_rps = statistics.median(r[0] for r in results[False])
-            on_rps = statistics.median(r[0] for r in results[True])
-            off_p99 = statistics.median(r[1] for r in results[False])
-            on_p99 = statistics.median(r[1] for r in results[True])
+            off_rps = statistics.median(r[0] for r in results["off"])
+            on_rps = statistics.median(r[0] for r in results["on"])
+            off_p99 = statistics.median(r[1] for r in results["off"])
+            on_p99 = statistics.median(r[1] for r in results["on"])
             print(
-                f"{name:26} {off_rps:9.0f} {on_rps:9.0f} {ratio:7.3f} {off_p99:7.2f}ms {on_p99:7.2f}ms "
-                f"{p99_diff:+7.2f}ms  (goals: ratio >= 0.97, p99 diff <= 1 ms)"
+                f"{name:26} {off_rps:9.0f} {on_rps:9.0f} {median_ratio(results, 'on'):7.3f} "
+                f"{off_p99:7.2f}ms {on_p99:7.2f}ms {p99_diff:+7.2f}ms "
+                f"{median_ratio(results, 'control'):8.3f}"
             )
+        print("goals: ratio >= 0.97, p99 diff <= 1 ms; control: off vs an identical off app")
     finally:
         for process in apps.values():
             process.terminate()

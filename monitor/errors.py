@@ -22,6 +22,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa_exc.OperationalError, _database_unavailable)
     app.add_exception_handler(sa_exc.InterfaceError, _database_unavailable)
     app.add_exception_handler(sa_exc.PendingRollbackError, _database_unavailable)
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -58,6 +59,34 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
         "database unavailable for %s %s: %s", request.method, request.url.path, type(exc).__name__
     )
     return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
+
+
+# SQLSTATE classes that say the server, not the statement, is the problem: connection exception,
+# insufficient resources, operator intervention (shutdown, crash), system error.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})
+
+
+def is_database_unavailable(exc: sa_exc.DBAPIError) -> bool:
+    """A failure of the database or the link to it (retry later), not of the statement (a bug).
+
+    A connection lost mid-statement does not always surface as OperationalError: psycopg2 can
+    raise a bare DatabaseError with no SQLSTATE when the server vanishes between two messages.
+    """
+    if exc.connection_invalidated or isinstance(
+        exc, sa_exc.OperationalError | sa_exc.InterfaceError
+    ):
+        return True
+    sqlstate = getattr(exc.orig, "pgcode", None)
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    # No verdict from the server: the client lost it, unless the driver refused the statement.
+    return not isinstance(exc, sa_exc.ProgrammingError | sa_exc.DataError | sa_exc.IntegrityError)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, sa_exc.DBAPIError) and is_database_unavailable(exc):
+        return await _database_unavailable(request, exc)
+    return await _unexpected(request, exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -171,10 +171,11 @@ def _counters(served: Served) -> Any:
     return served.monitor.view().pool.counters
 
 
-def _assert_clean_errors(outcomes: list[Outcome]) -> list[Outcome]:
+def _assert_clean_errors(outcomes: list[Outcome], log_text: str = "") -> list[Outcome]:
     """Errors are 503 JSON, never another 5xx or a traceback; returns requests with no answer."""
     server_errors = [o for o in outcomes if o.is_5xx and o.status != 503]
-    assert not server_errors, f"5xx other than 503: {server_errors[:3]}"
+    unhandled = [line for line in log_text.splitlines() if "unhandled" in line]
+    assert not server_errors, f"5xx other than 503: {server_errors[:3]}; app log: {unhandled[:3]}"
     tracebacks = [o for o in outcomes if "Traceback" in o.body or 'File "' in o.body]
     assert not tracebacks, f"traceback text in a response: {tracebacks[:1]}"
     return [o for o in outcomes if o.status is None]
@@ -464,7 +465,7 @@ def test_crash_stop_leaves_no_thread_fd_or_pool_debt(
         f"rss {(rss_after - rss_before) / 2**20:+.1f} MB; {len(during)} requests while down; "
         f"recovered {first_ok - up_at:.3f} s after start"
     )
-    unanswered = _assert_clean_errors(outcomes)
+    unanswered = _assert_clean_errors(outcomes, log_text)
     assert during and all(o.status == 503 or o.status is None for o in during)
     assert recovered and first_ok - up_at <= 5.0
     assert live.samples and all(s[2] == 200 for s in live.samples), "/healthz failed"
