@@ -34,7 +34,8 @@ class SiteCapture:
     Runs on every checkout, where Python 3.11 builds a frame object for each frame touched. The
     library frames between the pool and the app are the same for a given call path, so a walk
     remembers at which depth it met which app function first; later checkouts jump to that depth
-    in C (`sys._getframe`) and trust the frame there when it runs one of those functions.
+    in C (`sys._getframe`) and trust the frame there when it runs one of those functions and the
+    frame just inside it is library code.
     """
 
     def __init__(
@@ -60,12 +61,20 @@ class SiteCapture:
     def capture(self, skip: int = 2) -> RawSite:
         """App frames of the caller `skip` frames up (0 is this method), innermost first."""
         getframe = sys._getframe
+        library_ids = self._library_ids
         for depth, first_app_ids in self._paths:
             try:
-                frame = getframe(depth)
+                inner = getframe(depth - 1)
             except ValueError:
                 continue
-            if id(frame.f_code) in first_app_ids:
+            # The frame just inside must be library code too: the same app function reached
+            # through a shorter library chain via another app helper must not skip that helper.
+            frame = inner.f_back  # type: ignore[assignment]
+            if (
+                frame is not None
+                and id(frame.f_code) in first_app_ids
+                and id(inner.f_code) in library_ids
+            ):
                 break
         else:
             first = self._find(getframe(skip), skip)

@@ -115,3 +115,22 @@ def test_code_cache_is_bounded() -> None:
         capture._is_library(code)
     assert len(capture._codes) <= 20_000
     assert names(route(capture, direct_caller))[0] == "direct_caller"
+
+
+def view(capture: SiteCapture, through_helper: bool) -> RawSite:
+    if through_helper:
+        return helper(capture)
+    site: RawSite = library["session_execute"](taker(capture))
+    return site
+
+
+def helper(capture: SiteCapture) -> RawSite:
+    # one app frame more and one library frame less: `view` sits at the same depth as before
+    site: RawSite = library["engine_connect"](taker(capture))
+    return site
+
+
+def test_a_remembered_depth_never_skips_an_app_frame_inside_it() -> None:
+    capture = SiteCapture((LIBRARY,))
+    assert names(view(capture, through_helper=False))[0] == "view"
+    assert names(view(capture, through_helper=True))[:2] == ["helper", "view"]
