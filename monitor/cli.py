@@ -20,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # The probe and the leak sweep run every few seconds: their scheduler's INFO lines are noise.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     try:
         result: int = args.handler(args)
     except ValidationError as exc:
@@ -77,8 +78,6 @@ def _bounded(kind: type[float] | type[int], low: float, high: float) -> Callable
 def _load(args: argparse.Namespace) -> int:
     from monitor.demo.load import LoadTargetUnreachable, format_summary, run_load
 
-    # httpx logs every request at INFO: that would bury the progress line.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         summary = run_load(
             args.url,
@@ -102,7 +101,6 @@ def _load(args: argparse.Namespace) -> int:
 def _selftest(args: argparse.Namespace) -> int:
     from monitor.selftest import run_selftest
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     return run_selftest(args.url, args.token)
 
 
@@ -151,7 +149,6 @@ def _background_load_when_up(base: str) -> Callable[[], None]:
 
     from monitor.demo.load import start_background_load
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     cancelled = threading.Event()
     lock = threading.Lock()
     started: list[Callable[[], None]] = []

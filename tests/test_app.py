@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 from fastapi.testclient import TestClient
 
 from monitor.app import create_app
 from monitor.settings import Settings
+from tests.servers import free_port
 
 
 def test_healthz_and_readyz(client: TestClient) -> None:
@@ -20,14 +19,8 @@ def test_unknown_host_header_is_refused(client: TestClient) -> None:
     assert response.status_code == 400
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_database_down_at_startup_degrades_without_crashing() -> None:
-    url = f"postgresql://nobody:S3cret-pw@127.0.0.1:{_closed_port()}/nowhere"
+    url = f"postgresql://nobody:S3cret-pw@127.0.0.1:{free_port()}/nowhere"
     app = create_app(Settings(database_url=url, pool_timeout_s=1.0))
     with TestClient(app) as client:
         assert client.get("/healthz").status_code == 200

@@ -233,7 +233,7 @@ def partial(request: Request, panel: str) -> Response:
         model, problem = _build(panel, view, _context(request, view))
     if problem is not None:
         return _render(request, "partials/_unavailable.html", {"problem": problem})
-    return _render(request, f"partials/_{panel}.html", {**_page_globals(request), "p": model})
+    return _render(request, f"partials/_{panel}.html", {"p": model})
 
 
 @router.get("/api/snapshot")

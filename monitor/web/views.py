@@ -181,6 +181,10 @@ def holder_label(holder: Holder | None) -> str:
     return holder.route if holder.kind == "request" else f"{holder.route} (no request)"
 
 
+def request_id_label(holder: Holder | None) -> str:
+    return (holder.request_id if holder is not None else None) or NOTHING
+
+
 def worst_status(statuses: Iterable[str]) -> str:
     return max(statuses, key=lambda s: _STATUS_RANK.get(s, 1), default="ok")
 
@@ -499,7 +503,7 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
                 slot=conn.slot_id,
                 pid=_pid(conn.pid),
                 route=holder_label(conn.holder),
-                request_id=(conn.holder.request_id if conn.holder else None) or NOTHING,
+                request_id=request_id_label(conn.holder),
                 age=duration(conn.held_for_s),
                 status=LEAK_STATUS[leak] if leak else "ok",
                 leak=LEAK_LABELS[leak] if leak else "",
@@ -616,7 +620,7 @@ def build_leaks(view: MonitorView, ctx: RenderContext) -> LeaksPanel:
                 slot=leak.slot_id,
                 pid=_pid(leak.pid),
                 route=holder_label(leak.holder),
-                request_id=(leak.holder.request_id if leak.holder else None) or NOTHING,
+                request_id=request_id_label(leak.holder),
                 held=duration(leak.held_for_s),
                 when=ago(leak.detected_at, now),
                 outcome="",
@@ -636,7 +640,7 @@ def build_leaks(view: MonitorView, ctx: RenderContext) -> LeaksPanel:
                 slot=leak.slot_id,
                 pid=_pid(leak.pid),
                 route=holder_label(leak.holder),
-                request_id=(leak.holder.request_id if leak.holder else None) or NOTHING,
+                request_id=request_id_label(leak.holder),
                 held=duration(leak.held_for_s),
                 when=ago(leak.resolved_at, now),
                 outcome=_OUTCOMES.get(how, how.replace("_", " ")),

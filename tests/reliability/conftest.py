@@ -24,7 +24,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL
 
 from monitor.app import create_app
@@ -351,18 +351,6 @@ def admin_engine(database_url: URL) -> Iterator[Engine]:
     engine = create_engine(database_url, isolation_level="AUTOCOMMIT", pool_size=1)
     yield engine
     engine.dispose()
-
-
-def backends_named(engine: Engine, application_name: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT pid, client_port, backend_start, state FROM pg_stat_activity "
-                "WHERE application_name = :name"
-            ),
-            {"name": application_name},
-        )
-        return [dict(row._mapping) for row in rows]
 
 
 @pytest.fixture

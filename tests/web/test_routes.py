@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from monitor.settings import Settings
 from monitor.web import views
 from monitor.web.install import add_monitor_routes
 from monitor.web.routes import HTMX_SRI, POLL_TRIGGER
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENDORED = ROOT / "static" / "vendor" / "htmx-2.0.11.min.js"
@@ -115,14 +115,8 @@ def test_vendored_htmx_matches_the_integrity_attribute(client: TestClient) -> No
     assert client.get("/monitor/static/app.css").status_code == 200
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_database_down_shows_a_banner_and_every_fragment_stays_200() -> None:
-    url = f"postgresql://nobody:S3cret-pw@127.0.0.1:{_closed_port()}/nowhere"
+    url = f"postgresql://nobody:S3cret-pw@127.0.0.1:{free_port()}/nowhere"
     app = create_app(Settings(database_url=url, pool_timeout_s=1.0, probe_interval_s=0.5))
     with TestClient(app) as client:
         _wait_for(
