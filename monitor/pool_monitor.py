@@ -111,7 +111,7 @@ class PoolMonitor:
         self.url_source = url_source
         # The probe connects on its own: by default to engine.url, unless the app keeps libpq
         # parameters (a socket directory, TLS files) outside the URL and passes the full one.
-        self.probe_url: URL | str = probe_url if probe_url is not None else self.engine.url
+        self.probe_url: URL = make_url(probe_url) if probe_url is not None else self.engine.url
         watch_pools(self.engine.pool)
         self._attached = True
         self._background: Any = None
@@ -170,7 +170,7 @@ class PoolMonitor:
         `detail=False` leaves out histories, sites and record lists (enough for metrics)."""
         health = self.server_health.snapshot()
         pool = self.tracker.snapshot(_states(health), detail=detail)
-        url = make_url(self.probe_url)  # the full URL: sslmode and socket host live in its query
+        url = self.probe_url  # the full URL: sslmode and socket host live in its query
         host = url.host or ""
         app = AppInfo(
             database=mask_url(url),

@@ -191,6 +191,7 @@ class PoolListeners:
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         try:
+            record.record_info.pop(GC_KEY, None)  # a new connection: no cleanup pending for it
             self._tracker.connected(self._slot(record), backend_pid(dbapi_connection), None)
         except Exception:
             self._guard.failed("connect")
@@ -215,6 +216,8 @@ class PoolListeners:
 
     def _invalidated(self, record: Any, exception: Any, *, soft: bool) -> None:
         try:
+            # A cleanup whose reset failed ends in invalidation, not in the `detach` it marked for.
+            record.record_info.pop(GC_KEY, None)
             reason = type(exception).__name__ if exception is not None else "explicit"
             self._tracker.invalidated(self._slot(record), soft=soft, reason=reason)
         except Exception:

@@ -22,7 +22,8 @@ def _on_first_connect(dbapi_connection: Any, record: Any) -> None:
     try:
         pool = getattr(record, "_ConnectionRecord__pool", None)
         if pool is not None:
-            _pools.add(pool)
+            with _lock:  # a WeakSet changing while a reader lists it raises in the reader
+                _pools.add(pool)
     except Exception:
         pass
 
@@ -39,9 +40,11 @@ def watch_pools(current: Pool) -> None:
 
 def ignore_pool(pool: Pool) -> None:
     """Leave out a pool that belongs to the monitor or the app's plumbing, not to the app."""
-    _ignored.add(pool)
+    with _lock:
+        _ignored.add(pool)
 
 
 def pools_observed() -> int:
-    """Live pools that have connected at least once (disposed ones drop out with their objects)."""
-    return sum(1 for pool in list(_pools) if pool not in _ignored)
+    """Live pools seen by the monitor or connected at least once (disposed ones drop out)."""
+    with _lock:
+        return sum(1 for pool in list(_pools) if pool not in _ignored)

@@ -69,7 +69,7 @@ class SiteCapture:
                 continue
             # The frame just inside must be library code too: the same app function reached
             # through a shorter library chain via another app helper must not skip that helper.
-            frame = inner.f_back  # type: ignore[assignment]
+            frame = inner.f_back
             if (
                 frame is not None
                 and id(frame.f_code) in first_app_ids

@@ -59,7 +59,7 @@ class Slot:
         self.connected_at = connected_at
         self.checked_out_at: float | None = None
         self.request: RequestScope | None = None
-        self.task: object = None  # thread or asyncio task; named only when shown
+        self.task: object = None  # thread ident or asyncio task; named only when shown
         self.site: RawSite = ()
         self.checkouts = 0
         self.leak: _Leak | None = None
