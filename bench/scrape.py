@@ -65,7 +65,7 @@ def build_tracker(clock: FakeClock) -> PoolTracker:
         if index < CHECKED_OUT:
             request = RequestScope("GET", f"/items/{index}", f"req-{index}")
             tracker.checkout(slot, request, None, _site())
-            tracker.done_waiting(0.002, timed_out=False)
+            tracker.wait_failed(0.002, timed_out=False)
         clock.now += 0.001
     clock.now += 30.0  # every checkout is now past the leak threshold
     states = {FIRST_PID + i: ACTIVITY_STATES[i % 3] for i in range(CONNECTIONS)}

@@ -7,6 +7,7 @@ import os
 import sysconfig
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from monitor.instrumentation.pool_listeners import PoolListeners
-from monitor.instrumentation.pool_stats import read_pool_stats
+from monitor.instrumentation.pool_stats import queue_waiters, read_pool_stats
 from monitor.instrumentation.pools_seen import pools_observed, watch_pools
 from monitor.instrumentation.statements import StatementListeners
 from monitor.state.records import PoolSnapshot, PoolStats, to_dict
@@ -99,6 +100,7 @@ class PoolMonitor:
             self.pool_name,
             leak_threshold_s=float(leak_threshold_s),
             slow_query_s=float(slow_query_s),
+            waiters=partial(queue_waiters, self.engine),
         )
         capture = (
             SiteCapture(_library_prefixes(), _parent_greenlet_frame) if capture_sites else None

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import weakref
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -97,30 +95,28 @@ class PoolListeners:
         tracker = self._tracker
         do_get = pool._do_get
         create_connection = pool._create_connection
-        clock = time.perf_counter
-        waiting = tracker.pending_list
+        clock = tracker.clock  # one clock for the wait and the checkout time
         checkout = tracker.checkout
         adopt = self._adopt
         request_in_flight = current_request.get
         running_loop = asyncio._get_running_loop  # None outside a loop, without raising
         current_task = asyncio.current_task
         thread_ident = threading.get_ident
-        # skip capture() and this wrapper: the walk starts at SQLAlchemy's caller
-        capture = partial(self._capture.capture, 2) if self._capture is not None else tuple
+        # `tuple()` is the empty site, made in C
+        capture = self._capture.capture if self._capture is not None else tuple
         guard = self._guard
+        is_async = self._is_async
 
         # Every line here runs on every checkout: one frame, names bound in the closure.
         def _do_get() -> Any:
             started = clock()
-            waiting.append(None)
             try:
                 record = do_get()
             except BaseException as error:
                 timed_out = isinstance(error, sa_exc.TimeoutError)
-                tracker.done_waiting(clock() - started, timed_out=timed_out)
+                tracker.wait_failed(clock() - started, timed_out=timed_out)
                 raise
-            waited_s = clock() - started
-            waiting.pop()
+            now = clock()
             try:
                 try:
                     slot = record._pool_monitor_slot  # type: ignore[attr-defined]
@@ -128,13 +124,15 @@ class PoolListeners:
                     slot = adopt(record)
                 request = request_in_flight()
                 if request is not None:
-                    checkout(slot, request, None, capture(), waited_s)
-                else:
-                    # The asyncio task or thread taking it; a name is looked up only when shown.
+                    checkout(slot, request, None, capture(), now - started, now)
+                elif is_async:
+                    # The asyncio task (the greenlet runs inside it), else the thread.
                     loop = running_loop()
                     task = current_task(loop) if loop is not None else None
-                    holder = thread_ident() if task is None else task
-                    checkout(slot, None, holder, capture(), waited_s)
+                    checkout(slot, None, task or thread_ident(), capture(), now - started, now)
+                else:
+                    # A sync pool: the thread (named only when shown), no event-loop lookup.
+                    checkout(slot, None, thread_ident(), capture(), now - started, now)
             except Exception:
                 guard.failed("checkout")
             return record

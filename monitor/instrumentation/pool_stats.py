@@ -33,6 +33,29 @@ def read_pool_stats(engine: Engine) -> PoolStats:
     )
 
 
+def queue_waiters(engine: Engine) -> int:
+    """Callers blocked waiting for a connection right now, read from the pool's queue.
+
+    QueuePool waits on a `threading.Condition` (its waiter locks are listed in `_waiters`);
+    AsyncAdaptedQueuePool on an `asyncio.Queue` (futures in `_getters`, made on first use).
+    Pools without a queue never make a caller wait. Private attributes: 0 if they change.
+    """
+    queue = getattr(engine.pool, "_pool", None)
+    if queue is None:
+        return 0
+    try:
+        condition = getattr(queue, "not_empty", None)
+        if condition is not None:
+            return len(condition._waiters)
+        async_queue = vars(queue).get("_queue")  # memoized: absent until the first checkout
+        if async_queue is None:
+            return 0
+        # list() copies in one step: the event loop may change the deque from another thread.
+        return sum(1 for getter in list(async_queue._getters) if not getter.done())
+    except Exception:
+        return 0
+
+
 def _call_int(pool: Any, name: str) -> int:
     method = getattr(pool, name, None)
     if not callable(method):

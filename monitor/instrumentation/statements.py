@@ -1,8 +1,9 @@
 """Statement timing: slow statements grouped by fingerprint; parameters are never looked at.
 
-Uses the dialect-level execute hooks rather than `before/after_cursor_execute`: connection-level
-listeners switch every `Connection` onto SQLAlchemy's slower event path (about 9 us per checkout
-measured here), dialect hooks only touch the execute call itself.
+Wraps the dialect's own `do_execute*` methods on the engine's dialect instance. Not through
+events: connection-level listeners (`before/after_cursor_execute`) switch every `Connection` onto
+SQLAlchemy's slower event path (about 9 us per checkout measured here), and even dialect-level
+listeners cost an event dispatch per statement (about 0.7 us here, half the timing's cost).
 """
 
 from __future__ import annotations
@@ -11,70 +12,58 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from monitor.instrumentation.guard import FailureGuard
 from monitor.sqltext import fingerprint, normalize
 from monitor.state.holders import current_request
 from monitor.state.tracker import PoolTracker
 
+EXECUTE_METHODS = ("do_execute", "do_execute_no_params", "do_executemany")
+
 
 class StatementListeners:
     def __init__(self, tracker: PoolTracker) -> None:
         self._tracker = tracker
         self._guard = FailureGuard(tracker.listener_error)
-        self._registered: list[tuple[str, Callable[..., Any]]] = []
-        self._engine: Engine | None = None
+        self._dialect: Any = None
 
     def attach(self, engine: Engine) -> None:
-        self._engine = engine
-        for name, listener in (
-            ("do_execute", self._do_execute),
-            ("do_execute_no_params", self._do_execute_no_params),
-            ("do_executemany", self._do_executemany),
-            ("handle_error", self._on_error),
-        ):
-            event.listen(engine, name, listener)
-            self._registered.append((name, listener))
+        dialect: Any = engine.dialect
+        self._dialect = dialect
+        clock = time.perf_counter
+        tracker = self._tracker
+        slow = self._slow
+        failed = self._failed
+
+        # Each wrapper runs the dialect's own execute (driver behaviour unchanged) and times it;
+        # the threshold check is inline: it runs on every statement.
+        def timed(execute: Callable[..., None]) -> Callable[..., None]:
+            def execute_timed(cursor: Any, statement: str, *parameters_and_context: Any) -> None:
+                started = clock()
+                try:
+                    execute(cursor, statement, *parameters_and_context)
+                except Exception:
+                    failed()
+                    raise
+                finally:
+                    duration_s = clock() - started
+                    if duration_s >= tracker.slow_query_s:
+                        slow(statement, duration_s)
+
+            return execute_timed
+
+        for name in EXECUTE_METHODS:
+            # On the instance: shadows the class's method for this engine's dialect only.
+            setattr(dialect, name, timed(getattr(dialect, name)))
 
     def detach(self) -> None:
-        if self._engine is not None:
-            for name, listener in self._registered:
-                event.remove(self._engine, name, listener)
-        self._registered.clear()
-        self._engine = None
+        if self._dialect is not None:
+            for name in EXECUTE_METHODS:
+                vars(self._dialect).pop(name, None)
+        self._dialect = None
 
-    # Each hook runs the dialect's own execute (so driver behaviour is unchanged), times it and
-    # returns True to tell SQLAlchemy the statement was executed.
-
-    def _do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        started = time.perf_counter()
-        try:
-            context.dialect.do_execute(cursor, statement, parameters, context)
-        finally:
-            self._timed(statement, started)
-        return True
-
-    def _do_execute_no_params(self, cursor: Any, statement: str, context: Any) -> bool:
-        started = time.perf_counter()
-        try:
-            context.dialect.do_execute_no_params(cursor, statement, context)
-        finally:
-            self._timed(statement, started)
-        return True
-
-    def _do_executemany(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        started = time.perf_counter()
-        try:
-            context.dialect.do_executemany(cursor, statement, parameters, context)
-        finally:
-            self._timed(statement, started)
-        return True
-
-    def _timed(self, statement: str, started: float) -> None:
-        duration_s = time.perf_counter() - started
-        if duration_s < self._tracker.slow_query_s:
-            return
+    def _slow(self, statement: str, duration_s: float) -> None:
         try:
             request = current_request.get()
             route = f"{request.method} {request.route}" if request is not None else None
@@ -84,8 +73,8 @@ class StatementListeners:
         except Exception:
             self._guard.failed("statement timing")
 
-    def _on_error(self, exception_context: Any) -> None:
+    def _failed(self) -> None:
         try:
             self._tracker.statement_error()
         except Exception:
-            self._guard.failed("handle_error")
+            self._guard.failed("statement error")

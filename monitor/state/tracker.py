@@ -1,18 +1,21 @@
 """The pool tracker: every connection of one pool, who holds it, leaks, timeouts and slow queries.
 
-Hot-path methods (`checkout`, `checkin`, `reset`) do only attribute writes and dict/deque
-operations; each slot is touched by one thread at a time because the pool hands it to one holder.
-Everything else (sweeps, snapshots, rare events) takes the lock.
+Hot-path methods (`checkout`, `checkin`, `reset`) do only attribute writes and deque appends;
+each slot is touched by one thread at a time because the pool hands it to one holder. A checkout
+is one tuple (`Holding`) set on the slot and cleared by the checkin: whether a slot is checked
+out, since when and by whom is read from that one attribute. Everything else (sweeps, snapshots,
+rare events) takes the lock.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from itertools import repeat, starmap
+from operator import itemgetter, sub
 from typing import Any
 
 from monitor.state.clock import Clock, monotonic, wall
@@ -36,44 +39,49 @@ log = logging.getLogger("monitor.leaks")
 
 _HISTORY_PER_SLOT = 24
 
+# One checkout while it lasts: (checked_out_at, request, task, site). `task` is the asyncio task
+# or the thread's ident when no request holds it (named only when shown).
+Holding = tuple[float, RequestScope | None, object, RawSite]
+
+_CHECKED_OUT_AT = itemgetter(0)
+_CHECKED_IN_AT = itemgetter(1)
+
+# A slot's history entry: (monotonic time, kind, note) for lifecycle events, or, for a whole
+# checkout cycle written at checkin, (checked_out_at, checked_in_at, reclaimed by the GC).
+HistoryEntry = tuple[float, str, str] | tuple[float, float, bool]
+
 
 class Slot:
     """One pool slot (a SQLAlchemy connection record), stable across reconnects."""
 
-    __slots__ = (
-        "checked_out_at",
-        "checkouts",
-        "connected_at",
-        "history",
-        "id",
-        "leak",
-        "pid",
-        "request",
-        "site",
-        "task",
-    )
+    __slots__ = ("checkouts", "connected_at", "history", "holding", "id", "leak", "pid")
 
     def __init__(self, slot_id: int, connected_at: float) -> None:
         self.id = slot_id
         self.pid: int | None = None
         self.connected_at = connected_at
-        self.checked_out_at: float | None = None
-        self.request: RequestScope | None = None
-        self.task: object = None  # thread ident or asyncio task; named only when shown
-        self.site: RawSite = ()
+        self.holding: Holding | None = None  # set while checked out
         self.checkouts = 0
         self.leak: _Leak | None = None
-        # (monotonic time, kind, detail); checkouts and checkins land here too, bounded.
-        self.history: deque[tuple[float, str, str]] = deque(maxlen=_HISTORY_PER_SLOT)
+        self.history: deque[HistoryEntry] = deque(maxlen=_HISTORY_PER_SLOT)
+
+    @property
+    def checked_out_at(self) -> float | None:
+        holding = self.holding
+        return None if holding is None else holding[0]
 
 
 class _Leak:
-    __slots__ = ("detected_at", "holder", "leak_class", "site")
+    """A suspected leak of one checkout: stale once the slot's holding is another one."""
 
-    def __init__(self, detected_at: float, holder: Holder, site: RawSite, leak_class: LeakClass):
+    __slots__ = ("detected_at", "holder", "holding", "leak_class")
+
+    def __init__(
+        self, detected_at: float, holder: Holder, holding: Holding, leak_class: LeakClass
+    ) -> None:
         self.detected_at = detected_at
         self.holder = holder
-        self.site = site
+        self.holding = holding
         self.leak_class = leak_class
 
 
@@ -90,6 +98,7 @@ class PoolTracker:
         wall_clock: Clock = wall,
         max_records: int = 200,
         max_slow_queries: int = 500,
+        waiters: Callable[[], int] = lambda: 0,
     ) -> None:
         self.pool_name = pool_name
         self.leak_threshold_s = leak_threshold_s
@@ -101,13 +110,19 @@ class PoolTracker:
         self._max_slow_queries = max_slow_queries
 
         self._open: dict[int, Slot] = {}  # slots with a live DBAPI connection
-        self._out: dict[int, Slot] = {}  # slots checked out right now
-        self._pending: list[None] = []  # one entry per caller waiting for a connection
+        # Slots whose connection closed (invalidated) while checked out: still held until the
+        # checkin, which does not look here; readers drop the returned ones.
+        self._closed_held: dict[int, Slot] = {}
+        # Callers waiting for a connection right now, read from the pool when asked: counting
+        # them on the way in and out would cost every checkout two list operations.
+        self._waiters = waiters
 
         self.wait_time = Histogram()
         self.use_time = Histogram()
         self._wait_samples = self.wait_time.pending
-        self._use_samples = self.use_time.pending
+        # Ended checkouts, (checked_out_at, checked_in_at, reclaimed), not yet in `use_time`.
+        self._cycles: deque[tuple[float, float, bool]] = deque()
+        self._fold_lock = threading.Lock()
         self.create_time = Histogram()
 
         self._resolved: deque[LeakRecord] = deque(maxlen=max_records)
@@ -138,6 +153,10 @@ class PoolTracker:
 
     # ---- lifecycle (rare: under the lock) -------------------------------------------------
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
     def new_slot(self) -> Slot:
         return Slot(next(self._ids), self._clock())
 
@@ -156,6 +175,9 @@ class PoolTracker:
         now = self._clock()
         with self._lock:
             self._count["closes"] += 1
+            if slot.holding is not None:
+                self._held()  # drops the returned ones: the dict stays as small as the pool
+                self._closed_held[slot.id] = slot
             if self._open.pop(slot.id, None) is not None:
                 # Keep checkouts_total monotonic when the slot leaves the books.
                 self._retired_checkouts += slot.checkouts
@@ -193,24 +215,16 @@ class PoolTracker:
         task: object,
         site: RawSite,
         waited_s: float | None = None,
+        at: float | None = None,
     ) -> None:
         """`task`: the asyncio task, or the thread's ident (named only when shown);
-        `waited_s`: how long the caller waited for the pool, when the acquire wrapper timed it."""
-        now = self._clock()
-        if waited_s is not None:
-            # Histogram.observe inlined: this runs on every checkout.
-            wait_samples = self._wait_samples
-            wait_samples.append(waited_s)
-            if len(wait_samples) > FOLD_AT:
-                self.wait_time.fold()
-        slot.checked_out_at = now
-        slot.request = request
-        slot.task = task
-        slot.site = site
-        slot.leak = None  # a sweep racing the previous checkin can leave a stale one
+        `waited_s`: how long the caller waited for the pool, when the acquire wrapper timed it;
+        `at`: when, on this tracker's clock, if the caller read it already (one call saved)."""
+        slot.holding = (self._clock() if at is None else at, request, task, site)
         slot.checkouts += 1
-        slot.history.append((now, "checkout", ""))
-        self._out[slot.id] = slot
+        if waited_s is not None:
+            # Histogram.observe inlined (this runs on every checkout); the checkin folds.
+            self._wait_samples.append(waited_s)
         if request is not None:
             request.connections_held += 1
             if request.connections_held > 1 and not request.multi_flagged:
@@ -218,40 +232,42 @@ class PoolTracker:
 
     def checkin(self, slot: Slot, reclaimed: bool = False) -> None:
         """`reclaimed`: the garbage collector returned it (the checkout's proxy is gone)."""
-        now = self._clock()
-        if self._out.pop(slot.id, None) is None:
+        holding = slot.holding
+        if holding is None:
             return  # not ours (checked out before the monitor attached) or already released
-        checked_out_at = slot.checked_out_at
-        if checked_out_at is not None:
-            # Histogram.observe inlined: this runs on every checkin.
-            use_samples = self._use_samples
-            use_samples.append(now - checked_out_at)
-            if len(use_samples) > FOLD_AT:
-                self.use_time.fold()
-        if reclaimed or slot.leak is not None:
-            with self._lock:
-                self._finish(slot, now, "gc_reclaimed" if reclaimed else "returned")
-        request = slot.request
+        slot.holding = None
+        # The whole cycle in one entry, for the slot's history and for the use-time histogram
+        # (folded in batches): one tuple instead of a checkout entry, a checkin entry and a sample.
+        cycle = (holding[0], self._clock(), reclaimed)
+        slot.history.append(cycle)
+        cycles = self._cycles
+        cycles.append(cycle)
+        request = holding[1]
         if request is not None:
             request.connections_held -= 1
-            slot.request = None
-        slot.history.append((now, "checkin", "gc" if reclaimed else ""))
-        slot.checked_out_at = None
+        if reclaimed or slot.leak is not None:
+            with self._lock:
+                self._finish(slot, holding, cycle[1], "gc_reclaimed" if reclaimed else "returned")
+        if len(cycles) > FOLD_AT:
+            self.fold_samples()
+
+    def fold_samples(self) -> None:
+        """Move ended cycles into the use-time histogram and fold the wait samples (one per
+        checkout, so folding both here bounds both)."""
+        with self._fold_lock:  # two checkins may pass FOLD_AT at once
+            cycles = self._cycles
+            ended = list(starmap(cycles.popleft, repeat((), len(cycles))))
+            # C-level iteration: thousands of cycles per fold
+            self.use_time.observe_many(
+                map(sub, map(_CHECKED_IN_AT, ended), map(_CHECKED_OUT_AT, ended))
+            )
+        self.wait_time.fold()
 
     def reset(self, slot: Slot, *, terminated: bool) -> None:
         slot.history.append((self._clock(), "reset", "terminated" if terminated else "rollback"))
 
-    @property
-    def pending_list(self) -> list[None]:
-        """One entry per caller waiting right now; the acquire wrapper appends and pops."""
-        return self._pending
-
-    def waiting(self) -> None:
-        self._pending.append(None)
-
-    def done_waiting(self, waited_s: float, *, timed_out: bool) -> None:
-        with contextlib.suppress(IndexError):
-            self._pending.pop()
+    def wait_failed(self, waited_s: float, *, timed_out: bool) -> None:
+        """A caller waited and got no connection (pool timeout, or the connect failed)."""
         self.wait_time.observe(waited_s)
         if timed_out:
             self._record_timeout(waited_s)
@@ -292,25 +308,24 @@ class PoolTracker:
         now = self._clock()
         found: list[LeakRecord] = []
         with self._lock:
-            for slot in list(self._out.values()):
-                checked_out_at = slot.checked_out_at
-                if checked_out_at is None or now - checked_out_at < self.leak_threshold_s:
+            for slot, holding in self._held():
+                if now - holding[0] < self.leak_threshold_s:
                     continue
                 leak_class = classify(
                     server_states.get(slot.pid) if server_states and slot.pid else None
                 )
-                if slot.leak is not None:
-                    slot.leak.leak_class = (
-                        leak_class if leak_class is not LeakClass.UNKNOWN else slot.leak.leak_class
-                    )
+                leak = slot.leak
+                if leak is not None and leak.holding is holding:
+                    if leak_class is not LeakClass.UNKNOWN:
+                        leak.leak_class = leak_class
                     continue
-                holder = describe(slot.request, slot.task)
-                slot.leak = _Leak(now, holder, slot.site, leak_class)
-                if self._out.get(slot.id) is not slot:
+                holder = describe(holding[1], holding[2])
+                leak = slot.leak = _Leak(now, holder, holding, leak_class)
+                if slot.holding is not holding:
                     slot.leak = None  # checked in meanwhile (checkin does not take the lock)
                     continue
                 self._leaks_by_class[leak_class.value] += 1
-                record = self._leak_record(slot, slot.leak, now)
+                record = self._leak_record(slot, leak, now)
                 found.append(record)
                 where = record.site[0] if record.site else "unknown site"
                 log.warning(
@@ -327,7 +342,9 @@ class PoolTracker:
         """Everything, or with `detail=False` no per-slot history, sites or record lists (what a
         Prometheus scrape needs: counts and classes only, several times cheaper)."""
         now = self._clock()
+        self.fold_samples()
         with self._lock:
+            held = self._held()
             connections = tuple(
                 self._view(slot, now, server_states, detail)
                 for slot in sorted(self._open.values(), key=lambda s: s.id)
@@ -335,13 +352,13 @@ class PoolTracker:
             # Checked-out slots whose connection was closed under them (invalidated) still count.
             extra = tuple(
                 self._view(slot, now, server_states, detail)
-                for slot in self._out.values()
+                for slot, _ in held
                 if slot.id not in self._open
             )
             leaks = tuple(
                 self._leak_record(slot, slot.leak, now, detail)
-                for slot in sorted(self._out.values(), key=lambda s: s.checked_out_at or 0.0)
-                if slot.leak is not None
+                for slot, holding in held
+                if slot.leak is not None and slot.leak.holding is holding
             )
             counters = PoolCounters(
                 checkouts=self._retired_checkouts + sum(s.checkouts for s in self._open.values()),
@@ -358,8 +375,8 @@ class PoolTracker:
                 leak_threshold_s=self.leak_threshold_s,
                 slow_query_s=self.slow_query_s,
                 connections=connections + extra,
-                checked_out=len(self._out),
-                pending_requests=len(self._pending),
+                checked_out=len(held),
+                pending_requests=self._waiters(),
                 counters=counters,
                 wait_time=self.wait_time.snapshot(),
                 use_time=self.use_time.snapshot(),
@@ -375,9 +392,24 @@ class PoolTracker:
 
     @property
     def checked_out(self) -> int:
-        return len(self._out)
+        with self._lock:
+            return len(self._held())
 
     # ---- internals ---------------------------------------------------------------------------
+
+    def _held(self) -> list[tuple[Slot, Holding]]:
+        """Checked-out slots and their holdings, oldest checkout first (under the lock)."""
+        for slot_id, slot in list(self._closed_held.items()):
+            if slot.holding is None:
+                del self._closed_held[slot_id]
+        held = []
+        for slot in (*self._open.values(), *self._closed_held.values()):
+            holding = slot.holding  # read once: a checkin may clear it meanwhile
+            if holding is not None:
+                held.append((slot, holding))
+        # A slot closed while held and connected again sits in both dicts: keep it once.
+        unique = {slot.id: (slot, holding) for slot, holding in held}
+        return sorted(unique.values(), key=lambda pair: pair[1][0])
 
     def _to_wall(self, monotonic_at: float) -> float:
         return self._wall() - (self._clock() - monotonic_at)
@@ -389,9 +421,10 @@ class PoolTracker:
         server_states: Mapping[int, str | None] | None,
         detail: bool = True,
     ) -> ConnectionView:
-        checked_out_at = slot.checked_out_at if slot.id in self._out else None
+        holding = slot.holding
+        checked_out_at = None if holding is None else holding[0]
         leak_class = None
-        if slot.leak is not None:
+        if slot.leak is not None and slot.leak.holding is holding:
             leak_class = slot.leak.leak_class
             if server_states is not None and slot.pid is not None and slot.pid in server_states:
                 leak_class = classify(server_states[slot.pid])
@@ -402,39 +435,52 @@ class PoolTracker:
             checked_out=checked_out_at is not None,
             checked_out_at=None if checked_out_at is None else self._to_wall(checked_out_at),
             held_for_s=None if checked_out_at is None else now - checked_out_at,
-            holder=None if checked_out_at is None else describe(slot.request, slot.task),
-            site=format_site(slot.site) if checked_out_at is not None and detail else (),
+            holder=None if holding is None else describe(holding[1], holding[2]),
+            site=format_site(holding[3]) if holding is not None and detail else (),
             checkouts=slot.checkouts,
             leak_class=leak_class,
-            history=tuple(
-                LifecycleEvent(self._to_wall(at), kind, note) for at, kind, note in slot.history
-            )
-            if detail
-            else (),
+            history=self._history(slot, holding) if detail else (),
+        )
+
+    def _history(self, slot: Slot, holding: Holding | None) -> tuple[LifecycleEvent, ...]:
+        """The slot's last events in time order, checkout cycles spelled out as two events."""
+        events: list[tuple[float, str, str]] = []
+        for at, kind_or_checked_in_at, note in list(slot.history):
+            if isinstance(kind_or_checked_in_at, str):
+                events.append((at, kind_or_checked_in_at, str(note)))
+            else:
+                events.append((at, "checkout", ""))
+                events.append((kind_or_checked_in_at, "checkin", "gc" if note else ""))
+        if holding is not None:
+            events.append((holding[0], "checkout", ""))
+        events.sort(key=lambda event: event[0])
+        return tuple(
+            LifecycleEvent(self._to_wall(at), kind, note)
+            for at, kind, note in events[-_HISTORY_PER_SLOT:]
         )
 
     def _leak_record(self, slot: Slot, leak: _Leak, now: float, detail: bool = True) -> LeakRecord:
-        held = now - slot.checked_out_at if slot.checked_out_at is not None else 0.0
         return LeakRecord(
             slot_id=slot.id,
             pid=slot.pid,
             holder=leak.holder,
-            site=format_site(leak.site) if detail else (),
+            site=format_site(leak.holding[3]) if detail else (),
             leak_class=leak.leak_class,
             detected_at=self._to_wall(leak.detected_at),
-            held_for_s=held,
+            held_for_s=now - leak.holding[0],
         )
 
-    def _finish(self, slot: Slot, now: float, how: str) -> None:
-        """A checked-out slot came back (or went away): close its leak, count a GC reclaim."""
-        held = now - slot.checked_out_at if slot.checked_out_at is not None else 0.0
-        holder = describe(slot.request, slot.task)
+    def _finish(self, slot: Slot, holding: Holding, now: float, how: str) -> None:
+        """A checkout came back (or went away): close its leak, count a GC reclaim."""
+        held = now - holding[0]
+        site = holding[3]
         if how == "gc_reclaimed":
+            holder = describe(holding[1], holding[2])
             self._count["gc_reclaimed"] += 1
             self._gc_reclaims.appendleft(
-                GcReclaim(self._to_wall(now), slot.id, holder, format_site(slot.site), held)
+                GcReclaim(self._to_wall(now), slot.id, holder, format_site(site), held)
             )
-            where = format_site(slot.site[:1])
+            where = format_site(site[:1])
             log.warning(
                 "connection reclaimed by the garbage collector: slot %d held %.1f s by %s, "
                 "taken at %s (close your sessions)",
@@ -443,12 +489,14 @@ class PoolTracker:
         leak = slot.leak
         if leak is not None:
             slot.leak = None
+            if leak.holding is not holding:
+                return  # left by a sweep that raced an earlier checkin: not this checkout's
             self._resolved.appendleft(
                 LeakRecord(
                     slot_id=slot.id,
                     pid=slot.pid,
                     holder=leak.holder,
-                    site=format_site(leak.site),
+                    site=format_site(site),
                     leak_class=leak.leak_class,
                     detected_at=self._to_wall(leak.detected_at),
                     held_for_s=held,
@@ -462,16 +510,17 @@ class PoolTracker:
             )  # fmt: skip
 
     def _release(self, slot: Slot, now: float, how: str) -> None:
-        if self._out.pop(slot.id, None) is None:
+        """A checkout ends without a checkin (detached): the checkout stays in the history."""
+        holding = slot.holding
+        if holding is None:
             return
-        if slot.checked_out_at is not None:
-            self.use_time.observe(now - slot.checked_out_at)
+        slot.holding = None
+        self._cycles.append((holding[0], now, how == "gc_reclaimed"))
+        slot.history.append((holding[0], "checkout", ""))
         if how == "gc_reclaimed" or slot.leak is not None:
-            self._finish(slot, now, how)
-        if slot.request is not None:
-            slot.request.connections_held -= 1
-        slot.request = None
-        slot.checked_out_at = None
+            self._finish(slot, holding, now, how)
+        if holding[1] is not None:
+            holding[1].connections_held -= 1
 
     def _flag_multi_connection(self, request: RequestScope) -> None:
         request.multi_flagged = True
@@ -492,10 +541,7 @@ class PoolTracker:
         now = self._clock()
         with self._lock:
             self._count["timeouts"] += 1
-            holders = tuple(
-                self._view(slot, now, None)
-                for slot in sorted(self._out.values(), key=lambda s: s.checked_out_at or 0.0)
-            )
+            holders = tuple(self._view(slot, now, None) for slot, _ in self._held())
             self._timeouts.appendleft(PoolTimeoutRecord(self._to_wall(now), waited_s, holders))
         summary = "; ".join(
             f"slot {view.slot_id} {view.holder.route if view.holder else '?'} "

@@ -54,6 +54,39 @@ def test_async_engine_is_tracked(database_url: URL) -> None:
     asyncio.run(scenario())
 
 
+def test_async_waiters_are_counted_and_failed_statements_too(database_url: URL) -> None:
+    async def scenario() -> None:
+        engine = create_async_engine(
+            database_url.set(drivername="postgresql+asyncpg"), pool_size=1, max_overflow=0
+        )
+        monitor = PoolMonitor(engine, probe=False)
+        try:
+            async with engine.connect() as held:
+                with pytest.raises(sa_exc.DBAPIError, match="division by zero"):
+                    await held.execute(text("SELECT 1 / 0"))
+                waiters = [asyncio.create_task(_use(engine)) for _ in range(3)]
+                for _ in range(100):  # bounded: at most 1 s
+                    if monitor.pool_snapshot().pending_requests == 3:
+                        break
+                    await asyncio.sleep(0.01)
+                assert monitor.pool_snapshot().pending_requests == 3
+            await asyncio.wait_for(asyncio.gather(*waiters), timeout=5)
+            snapshot = monitor.pool_snapshot()
+            assert snapshot.pending_requests == 0 and snapshot.checked_out == 0
+            assert snapshot.counters.statement_errors == 1
+            assert snapshot.counters.listener_errors == 0
+        finally:
+            monitor.detach()
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+async def _use(engine: Any) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
 def test_async_connection_reclaimed_by_the_garbage_collector_is_counted(database_url: URL) -> None:
     async def leak(engine: Any) -> None:
         conn = await engine.connect()

@@ -193,6 +193,18 @@ def test_detach_removes_every_hook(engine: Engine) -> None:
         conn.execute(text("SELECT 1"))
     assert pool_monitor.pool_snapshot().counters.checkouts == 0
     assert "_do_get" not in vars(engine.pool)
+    assert "do_execute" not in vars(engine.dialect)
+
+
+def test_failed_statement_is_counted_and_its_error_reaches_the_app(
+    engine: Engine, monitor: PoolMonitor
+) -> None:
+    with engine.connect() as conn, pytest.raises(sa_exc.DataError, match="division by zero"):
+        conn.execute(text("SELECT 1 / 0"))
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT 2")) == 2
+    counters = monitor.pool_snapshot().counters
+    assert counters.statement_errors == 1 and counters.listener_errors == 0
 
 
 def test_slow_statement_is_grouped_without_its_parameters(

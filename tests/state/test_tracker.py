@@ -70,11 +70,8 @@ def test_timeout_keeps_who_held_every_connection(tracker: PoolTracker, clock: Fa
         slot = _connect(tracker, pid=200 + index)
         tracker.checkout(slot, RequestScope("POST", f"/hold/{index}", f"r{index}"), None, ())
     clock.advance(3)
-    tracker.waiting()
-    assert tracker.snapshot().pending_requests == 1
-    tracker.done_waiting(1.5, timed_out=True)
+    tracker.wait_failed(1.5, timed_out=True)
     snapshot = tracker.snapshot()
-    assert snapshot.pending_requests == 0
     assert snapshot.counters.timeouts == 1
     record = snapshot.timeouts[0]
     assert record.waited_s == 1.5
@@ -152,7 +149,7 @@ def test_snapshot_is_json_ready(tracker: PoolTracker) -> None:
 
     slot = _connect(tracker)
     tracker.checkout(slot, RequestScope("GET", "/x", "r"), None, ())
-    tracker.done_waiting(0.003, timed_out=False)
+    tracker.wait_failed(0.003, timed_out=False)
     data = to_dict(tracker.snapshot())
     text = json.dumps(data)
     assert '"route": "GET /x"' in text
@@ -181,3 +178,38 @@ def test_wait_time_given_at_checkout_lands_in_the_histogram(tracker: PoolTracker
     tracker.checkout(slot, None, "t", ())  # not timed by the caller: no sample
     wait = tracker.snapshot().wait_time
     assert wait.count == 1 and wait.cumulative_counts[0] == 0 and wait.cumulative_counts[1] == 1
+
+
+def test_use_time_counts_every_cycle_across_folds(tracker: PoolTracker, clock: FakeClock) -> None:
+    slot = _connect(tracker)
+    for _ in range(5_000):  # more than two fold batches
+        tracker.checkout(slot, None, "t", (), 0.0005)
+        clock.advance(0.002)
+        tracker.checkin(slot)
+    tracker.checkout(slot, None, "t", ())  # still held: not a use-time sample yet
+    snapshot = tracker.snapshot()
+    assert snapshot.use_time.count == 5_000 and snapshot.wait_time.count == 5_000
+    assert snapshot.use_time.sum == pytest.approx(10.0)
+    assert snapshot.use_time.cumulative_counts[0] == 0  # 2 ms: above the 1 ms bucket
+    assert snapshot.use_time.cumulative_counts[1] == 5_000
+    assert snapshot.counters.checkouts == 5_001
+
+
+def test_history_spells_out_each_cycle_in_time_order(tracker: PoolTracker, clock: FakeClock) -> None:
+    slot = _connect(tracker)
+    tracker.checkout(slot, None, "t", ())
+    clock.advance(1)
+    tracker.invalidated(slot, soft=False, reason="OperationalError")  # during the checkout
+    clock.advance(1)
+    tracker.checkin(slot, reclaimed=True)
+    clock.advance(1)
+    tracker.checkout(slot, None, "t", ())  # held now
+    (view,) = tracker.snapshot().connections
+    assert [(event.kind, event.detail) for event in view.history] == [
+        ("connect", "pid 100"),
+        ("checkout", ""),
+        ("invalidate", "OperationalError"),
+        ("checkin", "gc"),
+        ("checkout", ""),
+    ]
+    assert [event.at for event in view.history] == sorted(event.at for event in view.history)
