@@ -195,7 +195,9 @@ def test_use_time_counts_every_cycle_across_folds(tracker: PoolTracker, clock: F
     assert snapshot.counters.checkouts == 5_001
 
 
-def test_history_spells_out_each_cycle_in_time_order(tracker: PoolTracker, clock: FakeClock) -> None:
+def test_history_spells_out_each_cycle_in_time_order(
+    tracker: PoolTracker, clock: FakeClock
+) -> None:
     slot = _connect(tracker)
     tracker.checkout(slot, None, "t", ())
     clock.advance(1)
