@@ -4,6 +4,8 @@ Two app processes (MONITOR_ENABLED=true / false) share one database; wrk runs al
 them for a CRUD read (GET /products/{id}) and a CRUD write (POST /products). Prints the median
 throughput ratio (on/off; goal >= 0.97) and the p99 difference (goal <= 1 ms), and the same
 ratio for a third, identical monitor-off app: the noise floor of the machine in that run.
+Also prints the app's CPU time per request (from /proc), on/off: steadier than throughput here,
+where wrk, PostgreSQL and the app share two cores.
 Run: `.venv/bin/python bench/overhead.py` (needs `wrk`; DATABASE_URL or the local PostgreSQL).
 """
 
@@ -54,6 +56,8 @@ def start_app(enabled: bool, port: int) -> subprocess.Popen[bytes]:
         "MONITOR_ENABLED": "true" if enabled else "false",
         "MONITOR_POOL_SIZE": "10",
         "MONITOR_LEAK_THRESHOLD_S": "30",
+        # The same dict layouts in every app: hash randomisation alone moves throughput by a few %.
+        "PYTHONHASHSEED": "0",
     }
     # Pinning the app to one core and wrk to the other keeps them from trading places, which
     # otherwise swings throughput by 10% between identical runs on a 2-core machine.
@@ -75,8 +79,18 @@ def start_app(enabled: bool, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit(f"app on port {port} did not become ready")
 
 
-def wrk(url: str, script: Path | None) -> tuple[float, float]:
-    """Requests per second and p99 latency in ms for one run."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, script: Path | None, pid: int) -> tuple[float, float, float]:
+    """Requests per second, p99 latency in ms, and the app's CPU ms per request for one run."""
+    cpu_before = cpu_seconds(pid)
     command = [
         *(["taskset", "-c", "0"] if PIN else []),
         "wrk",
@@ -88,18 +102,22 @@ def wrk(url: str, script: Path | None) -> tuple[float, float]:
         url,
     ]
     output = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 30).stdout
+    cpu_s = cpu_seconds(pid) - cpu_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
     p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     if "Non-2xx" in output:
         raise SystemExit(f"wrk saw errors:\n{output}")
-    return rps, p99_ms
+    requests = float(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    return rps, p99_ms, cpu_s * 1000 / max(requests, 1.0)
 
 
-def median_ratio(results: dict[str, list[tuple[float, float]]], app: str) -> float:
-    """Median over rounds of the app's throughput divided by the monitor-off app's."""
+def median_ratio(
+    results: dict[str, list[tuple[float, float, float]]], app: str, field: int = 0
+) -> float:
+    """Median over rounds of the app's figure (throughput by default) over the monitor-off app's."""
     pairs = zip(results[app], results["off"], strict=True)
-    return statistics.median(mine[0] / off[0] for mine, off in pairs)
+    return statistics.median(mine[field] / off[field] for mine, off in pairs)
 
 
 def main() -> None:
@@ -123,15 +141,16 @@ def main() -> None:
         print(f"wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s, {ROUNDS} alternating rounds per case")
         print(
             f"{'case':26} {'off rps':>9} {'on rps':>9} {'ratio':>7} {'off p99':>9} {'on p99':>9} "
-            f"{'diff':>8} {'control':>8}"
+            f"{'diff':>8} {'control':>8} {'cpu/req on/off':>15}"
         )
         names = list(monitor_on)
         for name, (path, script) in cases.items():
-            results: dict[str, list[tuple[float, float]]] = {app: [] for app in names}
+            results: dict[str, list[tuple[float, float, float]]] = {app: [] for app in names}
             for round_index in range(ROUNDS):
                 shift = round_index % len(names)
                 for app in names[shift:] + names[:shift]:  # each app goes first in turn
-                    results[app].append(wrk(f"http://127.0.0.1:{ports[app]}{path}", script))
+                    url = f"http://127.0.0.1:{ports[app]}{path}"
+                    results[app].append(wrk(url, script, apps[app].pid))
 
             p99_diff = statistics.median(
                 on[1] - off[1] for on, off in zip(results["on"], results["off"], strict=True)
@@ -143,7 +162,7 @@ def main() -> None:
             print(
                 f"{name:26} {off_rps:9.0f} {on_rps:9.0f} {median_ratio(results, 'on'):7.3f} "
                 f"{off_p99:7.2f}ms {on_p99:7.2f}ms {p99_diff:+7.2f}ms "
-                f"{median_ratio(results, 'control'):8.3f}"
+                f"{median_ratio(results, 'control'):8.3f} {median_ratio(results, 'on', 2):15.3f}"
             )
         print("goals: ratio >= 0.97, p99 diff <= 1 ms; control: off vs an identical off app")
     finally:

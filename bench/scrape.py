@@ -63,7 +63,7 @@ def build_tracker(clock: FakeClock) -> PoolTracker:
         slot = tracker.new_slot()
         tracker.connected(slot, FIRST_PID + index, 0.004)
         if index < CHECKED_OUT:
-            request = RequestScope("GET", f"/items/{index}", f"req-{index}")
+            request = RequestScope.named("GET", f"/items/{index}", f"req-{index}")
             tracker.checkout(slot, request, None, _site())
             tracker.wait_failed(0.002, timed_out=False)
         clock.now += 0.001

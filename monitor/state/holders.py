@@ -3,31 +3,68 @@
 from __future__ import annotations
 
 import contextvars
+import os
+import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
 
 class RequestScope:
-    """The request in flight on this context; mutable, shared by every checkout the request makes."""
+    """The request in flight on this context; mutable, shared by every checkout the request makes.
 
-    __slots__ = ("connections_held", "method", "multi_flagged", "path", "request_id", "scope")
+    Made on every request, so it only keeps the ASGI scope and a serial number: method, route and
+    request id are read from the scope when a holder is shown.
+    """
 
-    def __init__(self, method: str, path: str, request_id: str, scope: Any = None) -> None:
-        self.method = method
-        self.path = path
-        self.request_id = request_id
-        # The ASGI scope: the router writes the matched route into it after this object exists.
+    __slots__ = ("_request_id", "connections_held", "multi_flagged", "scope", "serial")
+
+    def __init__(self, scope: Mapping[str, Any], serial: int = 0) -> None:
+        # The router writes the matched route into the scope after this object exists.
         self.scope = scope
+        self.serial = serial
+        self._request_id: str | None = None
         self.connections_held = 0
         self.multi_flagged = False
+
+    @classmethod
+    def named(cls, method: str, path: str, request_id: str) -> RequestScope:
+        """A request known by name only (work outside ASGI, tests)."""
+        headers = [(b"x-request-id", request_id.encode("latin-1"))]
+        return cls({"type": "http", "method": method, "path": path, "headers": headers})
+
+    @property
+    def method(self) -> str:
+        return str(self.scope.get("method", "?"))
+
+    @property
+    def path(self) -> str:
+        return str(self.scope.get("path", "?"))
 
     @property
     def route(self) -> str:
         """Route template (`/products/{product_id}`), bounded in cardinality, or the raw path."""
-        route = self.scope.get("route") if isinstance(self.scope, dict) else None
-        template = getattr(route, "path", None)
+        template = getattr(self.scope.get("route"), "path", None)
         return template if isinstance(template, str) else self.path
+
+    @property
+    def request_id(self) -> str:
+        """The client's `X-Request-ID` when it is short and plain (it ends up on the dashboard),
+        else one made from the process id and the serial number."""
+        if self._request_id is None:
+            self._request_id = _client_request_id(self.scope) or f"{os.getpid():x}-{self.serial}"
+        return self._request_id
+
+
+def _client_request_id(scope: Mapping[str, Any]) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate = bytes(value).decode("latin-1")
+            return candidate if _SAFE_ID.match(candidate) else None
+    return None
 
 
 current_request: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(

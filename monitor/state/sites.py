@@ -74,6 +74,7 @@ class SiteCapture:
         getframe = sys._getframe
         paths = self._paths
         app_ids = self._app_ids
+        library_ids = self._library_ids
         is_library = self._is_library
         find = self._find
         more_frames = range(max_kept - 1)
@@ -105,7 +106,8 @@ class SiteCapture:
                 if caller is None:
                     break
                 code = caller.f_code
-                if id(code) not in app_ids and is_library(code):
+                code_id = id(code)
+                if code_id not in app_ids and (code_id in library_ids or is_library(code)):
                     break  # past the app: framework and event-loop plumbing
                 site += ((code, caller.f_lasti),)
                 frame = caller

@@ -53,3 +53,14 @@ def test_request_holding_two_connections_is_flagged(app: FastAPI, monitor: PoolM
     snapshot = monitor.pool_snapshot()
     assert snapshot.counters.multi_connection_requests == 2
     assert snapshot.multi_connection_requests[0].route == "GET /two"
+
+
+def test_the_request_stays_with_its_own_task(
+    app: FastAPI, engine: Engine, monitor: PoolMonitor
+) -> None:
+    # The middleware never resets the variable: the server's task per request ends it.
+    with TestClient(app) as client:
+        assert client.get("/items/5").json()["route"] == "GET /items/{item_id}"
+    with engine.connect():
+        (view,) = [c for c in monitor.pool_snapshot().connections if c.checked_out]
+        assert view.holder is not None and view.holder.kind == "task"

@@ -9,7 +9,7 @@ from monitor.state.holders import RequestScope, describe
 
 
 def test_a_request_is_described_by_method_route_and_id() -> None:
-    holder = describe(RequestScope("GET", "/products/7", "req-1"), threading.get_ident())
+    holder = describe(RequestScope.named("GET", "/products/7", "req-1"), threading.get_ident())
     assert (holder.kind, holder.route, holder.request_id) == ("request", "GET /products/7", "req-1")
 
 

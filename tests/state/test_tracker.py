@@ -22,7 +22,7 @@ def test_leak_appears_after_threshold_and_resolves_on_return(
     tracker: PoolTracker, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     slot = _connect(tracker)
-    request = RequestScope("GET", "/products/7", "req-1")
+    request = RequestScope.named("GET", "/products/7", "req-1")
     tracker.checkout(slot, request, None, ())
 
     clock.advance(4.9)
@@ -68,7 +68,7 @@ def test_reclaimed_checkin_counts_a_gc_reclaim(tracker: PoolTracker, clock: Fake
 def test_timeout_keeps_who_held_every_connection(tracker: PoolTracker, clock: FakeClock) -> None:
     for index in range(2):
         slot = _connect(tracker, pid=200 + index)
-        tracker.checkout(slot, RequestScope("POST", f"/hold/{index}", f"r{index}"), None, ())
+        tracker.checkout(slot, RequestScope.named("POST", f"/hold/{index}", f"r{index}"), None, ())
     clock.advance(3)
     tracker.wait_failed(1.5, timed_out=True)
     snapshot = tracker.snapshot()
@@ -83,7 +83,7 @@ def test_timeout_keeps_who_held_every_connection(tracker: PoolTracker, clock: Fa
 
 
 def test_second_connection_of_a_request_is_flagged_once(tracker: PoolTracker) -> None:
-    request = RequestScope("GET", "/two", "r-2")
+    request = RequestScope.named("GET", "/two", "r-2")
     slots = [_connect(tracker, pid) for pid in (1, 2, 3)]
     for slot in slots:
         tracker.checkout(slot, request, None, ())
@@ -148,7 +148,7 @@ def test_snapshot_is_json_ready(tracker: PoolTracker) -> None:
     import json
 
     slot = _connect(tracker)
-    tracker.checkout(slot, RequestScope("GET", "/x", "r"), None, ())
+    tracker.checkout(slot, RequestScope.named("GET", "/x", "r"), None, ())
     tracker.wait_failed(0.003, timed_out=False)
     data = to_dict(tracker.snapshot())
     text = json.dumps(data)

@@ -60,7 +60,7 @@ def tracker_with(clock: FakeClock, pids: list[int]) -> PoolTracker:
         slot = tracker.new_slot()
         tracker.connected(slot, pid, None)
         if pid == pids[0]:
-            tracker.checkout(slot, RequestScope("POST", "/demo/leak", "r1"), None, ())
+            tracker.checkout(slot, RequestScope.named("POST", "/demo/leak", "r1"), None, ())
     return tracker
 
 
