@@ -88,7 +88,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, script: Path | None, pid: int) -> tuple[float, float, float]:
+def wrk(
+    url: str, script: Path | None, pid: int, seconds: int = SECONDS
+) -> tuple[float, float, float]:
     """Requests per second, p99 latency in ms, and the app's CPU ms per request for one run."""
     cpu_before = cpu_seconds(pid)
     command = [
@@ -97,11 +99,11 @@ def wrk(url: str, script: Path | None, pid: int) -> tuple[float, float, float]:
         *(["-s", str(script)] if script is not None else []),
         f"-t{THREADS}",
         f"-c{CONNECTIONS}",
-        f"-d{SECONDS}s",
+        f"-d{seconds}s",
         "--latency",
         url,
     ]
-    output = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 30).stdout
+    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30).stdout
     cpu_s = cpu_seconds(pid) - cpu_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
@@ -145,6 +147,8 @@ def main() -> None:
         )
         names = list(monitor_on)
         for name, (path, script) in cases.items():
+            for app in names:  # warm-up, not counted: pools filled, lazy imports done
+                wrk(f"http://127.0.0.1:{ports[app]}{path}", script, apps[app].pid, seconds=1)
             results: dict[str, list[tuple[float, float, float]]] = {app: [] for app in names}
             for round_index in range(ROUNDS):
                 shift = round_index % len(names)
