@@ -113,8 +113,11 @@ class PoolListeners:
             try:
                 record = do_get()
             except BaseException as error:
-                timed_out = isinstance(error, sa_exc.TimeoutError)
-                tracker.wait_failed(clock() - started, timed_out=timed_out)
+                try:
+                    timed_out = isinstance(error, sa_exc.TimeoutError)
+                    tracker.wait_failed(clock() - started, timed_out=timed_out)
+                except Exception:
+                    guard.failed("wait")  # the app gets its own error, never ours
                 raise
             now = clock()
             try:
@@ -140,7 +143,10 @@ class PoolListeners:
         def _create_connection() -> Any:
             started = clock()
             record = create_connection()
-            tracker.create_time.observe(clock() - started)
+            try:
+                tracker.create_time.observe(clock() - started)
+            except Exception:
+                guard.failed("create")
             return record
 
         pool._do_get = _do_get  # type: ignore[method-assign]

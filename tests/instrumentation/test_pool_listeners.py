@@ -244,6 +244,25 @@ def test_listener_failure_is_counted_and_never_raised(
         monitor.detach()
 
 
+def test_a_failing_wait_record_leaves_the_pool_timeout_to_the_app(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*args: object, **kwargs: object) -> None:
+        raise ValueError("bug in the monitor")
+
+    monkeypatch.setattr(PoolTracker, "wait_failed", explode)
+    monitor = PoolMonitor(engine, probe=False)
+    held = [engine.connect() for _ in range(4)]  # pool_size + max_overflow of the fixture
+    try:
+        with pytest.raises(sa_exc.TimeoutError):
+            engine.connect()
+        assert monitor.pool_snapshot().counters.listener_errors == 1
+    finally:
+        for conn in held:
+            conn.close()
+        monitor.detach()
+
+
 def test_orm_session_site_is_the_app_line(engine: Engine, monitor: PoolMonitor) -> None:
     from sqlalchemy.orm import Session
 
