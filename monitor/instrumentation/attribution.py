@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable
 from typing import Any
 
 from monitor.state.holders import RequestScope, current_request
 
 
 class AttributionMiddleware:
-    """Pure ASGI, and not even a coroutine: it sets a context variable and hands the request on.
+    """Pure ASGI (no BaseHTTPMiddleware): sets a context variable, nothing else.
 
-    No reset afterwards, and so no `await` layer of its own (each layer is resumed at every
-    `await` below it, about 15 times per request): ASGI servers run each request in a task of its
-    own, whose context ends with it, and a next request on the same task sets the variable anew.
+    When the request ends, the variable is reset and the request lets go of the ASGI scope:
+    context copies made during the request (asyncio handles such as the server's keep-alive
+    timer, worker-thread calls) outlive it, and a scope reachable from them made each request's
+    objects a reference cycle left to the garbage collector (measured: ten times the collections
+    and about 4% more CPU per request).
     """
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self._serials = itertools.count(1)
 
-    def __call__(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
-        if scope["type"] == "http":
-            current_request.set(RequestScope(scope, next(self._serials)))
-        awaitable: Awaitable[None] = self.app(scope, receive, send)
-        return awaitable
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = RequestScope(scope, next(self._serials))
+        token = current_request.set(request)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request.release_scope()
+            current_request.reset(token)

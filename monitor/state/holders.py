@@ -36,6 +36,16 @@ class RequestScope:
         headers = [(b"x-request-id", request_id.encode("latin-1"))]
         return cls({"type": "http", "method": method, "path": path, "headers": headers})
 
+    def release_scope(self) -> None:
+        """Keep only what a holder shows (the route object is the app's, long-lived)."""
+        scope = self.scope
+        self.scope = {
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "headers": scope.get("headers", ()),
+            "route": scope.get("route"),
+        }
+
     @property
     def method(self) -> str:
         return str(self.scope.get("method", "?"))

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from monitor.pool_monitor import PoolMonitor
 from monitor.web.install import install_monitor
@@ -17,6 +17,7 @@ from monitor.web.install import install_monitor
 def app(engine: Engine, monitor: PoolMonitor) -> Iterator[FastAPI]:
     app = FastAPI()
     install_monitor(app, monitor)
+    kept: list[Connection] = []
 
     @app.get("/items/{item_id}")
     def read_item(item_id: int) -> dict[str, object]:
@@ -26,6 +27,11 @@ def app(engine: Engine, monitor: PoolMonitor) -> Iterator[FastAPI]:
         assert view.holder is not None
         return {"route": view.holder.route, "request_id": view.holder.request_id}
 
+    @app.get("/keep/{name}")
+    def keep_a_connection(name: str) -> dict[str, str]:
+        kept.append(engine.connect())  # held past the end of the request, as a leak is
+        return {"name": name}
+
     @app.get("/two")
     def two_connections() -> dict[str, int]:
         with engine.connect() as first, engine.connect() as second:
@@ -34,6 +40,8 @@ def app(engine: Engine, monitor: PoolMonitor) -> Iterator[FastAPI]:
         return {"ok": 1}
 
     yield app
+    for conn in kept:
+        conn.close()
 
 
 def test_checkout_knows_route_template_and_request_id(app: FastAPI) -> None:
@@ -64,3 +72,15 @@ def test_the_request_stays_with_its_own_task(
     with engine.connect():
         (view,) = [c for c in monitor.pool_snapshot().connections if c.checked_out]
         assert view.holder is not None and view.holder.kind == "task"
+
+
+def test_a_connection_held_past_its_request_still_names_it(
+    app: FastAPI, monitor: PoolMonitor
+) -> None:
+    # The request lets go of the ASGI scope when it ends (no reference cycle through it), and
+    # keeps what a holder shows: method, route template, request id.
+    with TestClient(app) as client:
+        client.get("/keep/a", headers={"x-request-id": "kept-1"})
+        (view,) = [c for c in monitor.pool_snapshot().connections if c.checked_out]
+    assert view.holder is not None
+    assert (view.holder.route, view.holder.request_id) == ("GET /keep/{name}", "kept-1")

@@ -46,3 +46,25 @@ def test_an_asyncio_task_is_named_by_its_task_name() -> None:
         return await asyncio.create_task(main(), name="nightly-report")
 
     assert asyncio.run(run()) == "nightly-report"
+
+
+def test_a_released_request_keeps_only_what_a_holder_shows() -> None:
+    class Route:
+        path = "/products/{product_id}"
+
+    scope = {
+        "type": "http", "method": "GET", "path": "/products/7", "route": Route(),
+        "headers": [(b"x-request-id", b"req-7")], "app": object(), "state": {"big": [1] * 100},
+    }  # fmt: skip
+    request = RequestScope(scope, serial=3)
+    request.release_scope()
+    assert set(request.scope) == {"method", "path", "headers", "route"}
+    holder = describe(request, None)
+    assert (holder.route, holder.request_id) == ("GET /products/{product_id}", "req-7")
+
+
+def test_an_unsafe_client_request_id_is_replaced_by_a_serial_one() -> None:
+    request = RequestScope(
+        {"method": "GET", "path": "/", "headers": [(b"x-request-id", b"<x>")]}, 9
+    )
+    assert request.request_id.endswith("-9") and "<" not in request.request_id
