@@ -65,11 +65,6 @@ class Slot:
         self.leak: _Leak | None = None
         self.history: deque[HistoryEntry] = deque(maxlen=_HISTORY_PER_SLOT)
 
-    @property
-    def checked_out_at(self) -> float | None:
-        holding = self.holding
-        return None if holding is None else holding[0]
-
 
 class _Leak:
     """A suspected leak of one checkout: stale once the slot's holding is another one."""
