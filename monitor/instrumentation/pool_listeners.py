@@ -127,15 +127,15 @@ class PoolListeners:
                     slot = adopt(record)
                 request = request_in_flight()
                 if request is not None:
-                    checkout(slot, request, None, capture(), now - started, now)
+                    holder = None
                 elif is_async:
                     # The asyncio task (the greenlet runs inside it), else the thread.
                     loop = running_loop()
-                    task = current_task(loop) if loop is not None else None
-                    checkout(slot, None, task or thread_ident(), capture(), now - started, now)
+                    holder = (current_task(loop) if loop is not None else None) or thread_ident()
                 else:
                     # A sync pool: the thread (named only when shown), no event-loop lookup.
-                    checkout(slot, None, thread_ident(), capture(), now - started, now)
+                    holder = thread_ident()
+                checkout(slot, request, holder, capture(), now - started, now)
             except Exception:
                 guard.failed("checkout")
             return record

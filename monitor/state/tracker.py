@@ -171,7 +171,7 @@ class PoolTracker:
         with self._lock:
             self._count["closes"] += 1
             if slot.holding is not None:
-                self._held()  # drops the returned ones: the dict stays as small as the pool
+                self._forget_returned_closed()  # the dict stays as small as the pool
                 self._closed_held[slot.id] = slot
             if self._open.pop(slot.id, None) is not None:
                 # Keep checkouts_total monotonic when the slot leaves the books.
@@ -394,17 +394,19 @@ class PoolTracker:
 
     def _held(self) -> list[tuple[Slot, Holding]]:
         """Checked-out slots and their holdings, oldest checkout first (under the lock)."""
-        for slot_id, slot in list(self._closed_held.items()):
-            if slot.holding is None:
-                del self._closed_held[slot_id]
+        self._forget_returned_closed()
         held = []
-        for slot in (*self._open.values(), *self._closed_held.values()):
+        # A slot closed while held and connected again sits in both dicts: merged, it is once.
+        for slot in {**self._closed_held, **self._open}.values():
             holding = slot.holding  # read once: a checkin may clear it meanwhile
             if holding is not None:
                 held.append((slot, holding))
-        # A slot closed while held and connected again sits in both dicts: keep it once.
-        unique = {slot.id: (slot, holding) for slot, holding in held}
-        return sorted(unique.values(), key=lambda pair: pair[1][0])
+        return sorted(held, key=lambda pair: pair[1][0])
+
+    def _forget_returned_closed(self) -> None:
+        for slot_id, slot in list(self._closed_held.items()):
+            if slot.holding is None:
+                del self._closed_held[slot_id]
 
     def _to_wall(self, monotonic_at: float) -> float:
         return self._wall() - (self._clock() - monotonic_at)
