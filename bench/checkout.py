@@ -9,7 +9,10 @@ Goals: (a) <= 1.30, (b) <= 1.05. Run: `.venv/bin/python bench/checkout.py` (DATA
 
 Both engines hand out one shared DBAPI connection (never used by both at once): with a server
 backend each, (b) measured the backends' CPU placement (+-15% between two bare engines here).
-Env: BENCH_ROUNDS (default 21), BENCH_CAPTURE=0 to measure without leak-site capture.
+(b) is dominated by two server round trips whose latency drifts within a second, so it
+alternates many short blocks instead of a few long ones.
+Env: BENCH_ROUNDS (rounds of (a), default 21; (b) runs 15 times as many short ones),
+BENCH_CAPTURE=0 to measure without leak-site capture.
 """
 
 from __future__ import annotations
@@ -59,26 +62,31 @@ def main() -> None:
     shared = dialect.connect(*connect_args, **connect_kwargs)
     bare = create_engine(URL, pool_size=1, max_overflow=0, creator=lambda: shared)
     watched = create_engine(URL, pool_size=1, max_overflow=0, creator=lambda: shared)
+    # A second bare engine: (b) against it is the noise floor of the run.
+    control = create_engine(URL, pool_size=1, max_overflow=0, creator=lambda: shared)
     monitor = PoolMonitor(
         watched, probe=False, capture_sites=os.environ.get("BENCH_CAPTURE", "1") == "1"
     )
+    # (name, work, measured engine, calls per block, rounds, goal): each round times one block
+    # on the bare engine and one on the measured engine, in alternating order
     cases = [
-        ("(a)  engine checkout+checkin", engine_cycle, 20_000, 1.30),
-        ("(a') pool checkout+checkin", pool_cycle, 20_000, None),
-        ("(b)  checkout+SELECT 1+checkin", select_cycle, 5_000, 1.05),
+        ("(a)  engine checkout+checkin", engine_cycle, watched, 4_000, ROUNDS, 1.30),
+        ("(a') pool checkout+checkin", pool_cycle, watched, 4_000, ROUNDS, None),
+        ("(b)  checkout+SELECT 1+checkin", select_cycle, watched, 50, ROUNDS * 15, 1.05),
+        ("(b0) same, bare vs bare (noise)", select_cycle, control, 50, ROUNDS * 15, None),
     ]
     # ratio: median of the per-round ratios; IQR: their interquartile range (the machine's noise)
     print(f"{'case':34} {'bare us':>9} {'monitored us':>13} {'ratio':>7}  {'IQR':9}  goal")
-    for name, work, calls, goal in cases:
-        for engine in (bare, watched):  # warm up both pools
-            per_call_us(work, engine, calls // 10)
+    for name, work, measured, block, rounds, goal in cases:
+        for engine in (bare, measured):  # warm up both pools
+            per_call_us(work, engine, max(block, 500))
         ratios, bare_times, watched_times = [], [], []
-        for round_index in range(ROUNDS):
-            order = (bare, watched) if round_index % 2 == 0 else (watched, bare)
-            times = {id(engine): per_call_us(work, engine, calls // 5) for engine in order}
+        for round_index in range(rounds):
+            order = (bare, measured) if round_index % 2 == 0 else (measured, bare)
+            times = {id(engine): per_call_us(work, engine, block) for engine in order}
             bare_times.append(times[id(bare)])
-            watched_times.append(times[id(watched)])
-            ratios.append(times[id(watched)] / times[id(bare)])
+            watched_times.append(times[id(measured)])
+            ratios.append(times[id(measured)] / times[id(bare)])
         ratio = statistics.median(ratios)
         low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratio] * 3
         verdict = "" if goal is None else (f"<= {goal:.2f} {'ok' if ratio <= goal else 'MISSED'}")
@@ -93,6 +101,7 @@ def main() -> None:
     monitor.detach()
     bare.dispose()
     watched.dispose()
+    control.dispose()
     shared.close()
 
 

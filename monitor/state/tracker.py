@@ -14,8 +14,6 @@ import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from itertools import repeat, starmap
-from operator import itemgetter, sub
 from typing import Any
 
 from monitor.state.clock import Clock, monotonic, wall
@@ -43,18 +41,14 @@ _HISTORY_PER_SLOT = 24
 # or the thread's ident when no request holds it (named only when shown).
 Holding = tuple[float, RequestScope | None, object, RawSite]
 
-_CHECKED_OUT_AT = itemgetter(0)
-_CHECKED_IN_AT = itemgetter(1)
-
-# A slot's history entry: (monotonic time, kind, note) for lifecycle events, or, for a whole
-# checkout cycle written at checkin, (checked_out_at, checked_in_at, reclaimed by the GC).
-HistoryEntry = tuple[float, str, str] | tuple[float, float, bool]
+# A slot's lifecycle event: (monotonic time, kind, note).
+HistoryEntry = tuple[float, str, str]
 
 
 class Slot:
     """One pool slot (a SQLAlchemy connection record), stable across reconnects."""
 
-    __slots__ = ("checkouts", "connected_at", "history", "holding", "id", "leak", "pid")
+    __slots__ = ("checkouts", "connected_at", "cycles", "history", "holding", "id", "leak", "pid")
 
     def __init__(self, slot_id: int, connected_at: float) -> None:
         self.id = slot_id
@@ -64,6 +58,10 @@ class Slot:
         self.checkouts = 0
         self.leak: _Leak | None = None
         self.history: deque[HistoryEntry] = deque(maxlen=_HISTORY_PER_SLOT)
+        # Ended checkouts as complex(checked_out_at, checked_in_at): two floats in one object
+        # that the garbage collector does not track (a tuple per checkin, kept here and until
+        # the next fold, doubled the objects it had to look at in a busy app).
+        self.cycles: deque[complex] = deque(maxlen=_HISTORY_PER_SLOT)
 
 
 class _Leak:
@@ -114,10 +112,9 @@ class PoolTracker:
 
         self.wait_time = Histogram()
         self.use_time = Histogram()
+        # The hot path appends plain floats here (Histogram.observe inlined); the checkin folds.
         self._wait_samples = self.wait_time.pending
-        # Ended checkouts, (checked_out_at, checked_in_at, reclaimed), not yet in `use_time`.
-        self._cycles: deque[tuple[float, float, bool]] = deque()
-        self._fold_lock = threading.Lock()
+        self._use_samples = self.use_time.pending
         self.create_time = Histogram()
 
         self._resolved: deque[LeakRecord] = deque(maxlen=max_records)
@@ -231,31 +228,30 @@ class PoolTracker:
         if holding is None:
             return  # not ours (checked out before the monitor attached) or already released
         slot.holding = None
-        # The whole cycle in one entry, for the slot's history and for the use-time histogram
-        # (folded in batches): one tuple instead of a checkout entry, a checkin entry and a sample.
-        cycle = (holding[0], self._clock(), reclaimed)
-        slot.history.append(cycle)
-        cycles = self._cycles
-        cycles.append(cycle)
+        checked_out_at = holding[0]
+        checked_in_at = self._clock()
+        use_samples = self._use_samples
+        use_samples.append(checked_in_at - checked_out_at)
         request = holding[1]
         if request is not None:
             request.connections_held -= 1
-        if reclaimed or slot.leak is not None:
-            with self._lock:
-                self._finish(slot, holding, cycle[1], "gc_reclaimed" if reclaimed else "returned")
-        if len(cycles) > FOLD_AT:
+        if reclaimed:
+            with self._lock:  # rare: spelled out in the history, with its note
+                slot.history.append((checked_out_at, "checkout", ""))
+                slot.history.append((checked_in_at, "checkin", "gc"))
+                self._finish(slot, holding, checked_in_at, "gc_reclaimed")
+        else:
+            slot.cycles.append(complex(checked_out_at, checked_in_at))
+            if slot.leak is not None:
+                with self._lock:
+                    self._finish(slot, holding, checked_in_at, "returned")
+        if len(use_samples) > FOLD_AT:
             self.fold_samples()
 
     def fold_samples(self) -> None:
-        """Move ended cycles into the use-time histogram and fold the wait samples (one per
-        checkout, so folding both here bounds both)."""
-        with self._fold_lock:  # two checkins may pass FOLD_AT at once
-            cycles = self._cycles
-            ended = list(starmap(cycles.popleft, repeat((), len(cycles))))
-            # C-level iteration: thousands of cycles per fold
-            self.use_time.observe_many(
-                map(sub, map(_CHECKED_IN_AT, ended), map(_CHECKED_OUT_AT, ended))
-            )
+        """Fold the use and wait samples into their buckets (one of each per checkout, so
+        folding both here bounds both)."""
+        self.use_time.fold()
         self.wait_time.fold()
 
     def reset(self, slot: Slot, *, terminated: bool) -> None:
@@ -441,13 +437,10 @@ class PoolTracker:
 
     def _history(self, slot: Slot, holding: Holding | None) -> tuple[LifecycleEvent, ...]:
         """The slot's last events in time order, checkout cycles spelled out as two events."""
-        events: list[tuple[float, str, str]] = []
-        for at, kind_or_checked_in_at, note in list(slot.history):
-            if isinstance(kind_or_checked_in_at, str):
-                events.append((at, kind_or_checked_in_at, str(note)))
-            else:
-                events.append((at, "checkout", ""))
-                events.append((kind_or_checked_in_at, "checkin", "gc" if note else ""))
+        events = list(slot.history)
+        for cycle in list(slot.cycles):
+            events.append((cycle.real, "checkout", ""))
+            events.append((cycle.imag, "checkin", ""))
         if holding is not None:
             events.append((holding[0], "checkout", ""))
         events.sort(key=lambda event: event[0])
@@ -512,7 +505,7 @@ class PoolTracker:
         if holding is None:
             return
         slot.holding = None
-        self._cycles.append((holding[0], now, how == "gc_reclaimed"))
+        self._use_samples.append(now - holding[0])
         slot.history.append((holding[0], "checkout", ""))
         if how == "gc_reclaimed" or slot.leak is not None:
             self._finish(slot, holding, now, how)

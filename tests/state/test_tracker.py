@@ -144,6 +144,44 @@ def test_history_of_a_slot_is_bounded(tracker: PoolTracker) -> None:
     assert view.history[-1].kind == "checkin"
 
 
+def test_history_shows_the_last_cycles_with_their_times(
+    tracker: PoolTracker, clock: FakeClock
+) -> None:
+    slot = _connect(tracker)
+    for _ in range(30):
+        tracker.checkout(slot, None, "t", ())
+        clock.advance(0.25)
+        tracker.checkin(slot)
+        clock.advance(0.75)
+    (view,) = tracker.snapshot().connections
+    assert [event.kind for event in view.history] == ["checkout", "checkin"] * 12
+    held = [b.at - a.at for a, b in zip(view.history[::2], view.history[1::2], strict=True)]
+    assert held == pytest.approx([0.25] * 12)
+    # the newest cycle: checked out 1.0 s before the snapshot, checked in 0.75 s before it
+    assert view.history[-1].at == pytest.approx(tracker.snapshot().taken_at - 0.75)
+
+
+def test_checkout_cycles_leave_nothing_for_the_garbage_collector(tracker: PoolTracker) -> None:
+    import gc
+
+    slot = _connect(tracker)
+    request = RequestScope.named("GET", "/x", "r")
+    gc.collect()
+    gc.disable()  # nothing is collected meanwhile: every surviving container stays in view
+    try:
+        before = len(gc.get_objects(generation=0))
+        for _ in range(1_000):  # fewer than a fold batch: the samples stay queued
+            tracker.checkout(slot, request, None, (), 0.001)
+            tracker.checkin(slot)
+        grown = len(gc.get_objects(generation=0)) - before
+    finally:
+        gc.enable()
+    # Queued samples and the slot's cycles are floats and complex numbers, which the collector
+    # does not track; a tuple per cycle would leave a thousand containers here.
+    assert grown < 20
+    assert tracker.snapshot().use_time.count == 1_000
+
+
 def test_snapshot_is_json_ready(tracker: PoolTracker) -> None:
     import json
 
