@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scrape.py
 	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/overhead_inprocess.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

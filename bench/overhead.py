@@ -9,11 +9,13 @@ Also prints the app's CPU time per request (from /proc), on/off.
 Two things make single runs on a 2-core machine mislead, and both are handled here:
 - the apps and wrk trade cores: each app is pinned to one core and wrk to the other
   (`taskset`; BENCH_PIN=0 turns it off), which also halves the apps' CPU per request;
-- one process runs a few % faster or slower than an identical one for its whole life (memory
-  layout): the apps are started afresh for each of BENCH_GENERATIONS generations, and the
-  figures are medians over every round of every generation.
+- a process runs a few % faster or slower than an identical one for its whole life (memory
+  layout; the hash seed alone moves throughput by a few %, and a fixed seed turns that into a
+  fixed bias of one code version against another): the apps are started afresh for each of
+  BENCH_GENERATIONS generations, all three with that generation's hash seed, and the figures
+  are medians over every round of every generation.
 Run: `.venv/bin/python bench/overhead.py` (needs `wrk`; DATABASE_URL or the local PostgreSQL).
-Env: BENCH_GENERATIONS (3), BENCH_ROUNDS per generation (5), BENCH_SECONDS per run (4).
+Env: BENCH_GENERATIONS (5), BENCH_ROUNDS per generation (3), BENCH_SECONDS per run (5).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-GENERATIONS = int(os.environ.get("BENCH_GENERATIONS", "3"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+GENERATIONS = int(os.environ.get("BENCH_GENERATIONS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "4"))
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
@@ -57,15 +59,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_app(enabled: bool, port: int) -> subprocess.Popen[bytes]:
+def start_app(enabled: bool, port: int, hash_seed: int = 0) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": DATABASE_URL,
         "MONITOR_ENABLED": "true" if enabled else "false",
         "MONITOR_POOL_SIZE": "10",
         "MONITOR_LEAK_THRESHOLD_S": "30",
-        # The same dict layouts in every app: hash randomisation alone moves throughput by a few %.
-        "PYTHONHASHSEED": "0",
+        # The same dict layouts in the apps compared with each other.
+        "PYTHONHASHSEED": str(hash_seed),
     }
     # Pinning the app to one core and wrk to the other keeps them from trading places, which
     # otherwise swings throughput by 10% between identical runs on a 2-core machine. (Only the
@@ -142,7 +144,10 @@ def run_generation(
     # what two identical apps measure against each other in the same run.
     monitor_on = {"on": True, "off": False, "control": False}
     ports = {name: free_port() for name in monitor_on}
-    apps = {name: start_app(monitor_on[name], port) for name, port in ports.items()}
+    apps = {
+        name: start_app(monitor_on[name], port, hash_seed=generation + 1)
+        for name, port in ports.items()
+    }
     try:
         product = httpx.post(
             f"http://127.0.0.1:{ports['off']}/products", json={"name": "read-me", "price": 1}

@@ -30,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from monitor.demo.load import MAX_CONCURRENCY, MAX_DURATION_S
+
     parser = argparse.ArgumentParser(prog="pool-monitor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -46,8 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         "load", help="send a CRUD load to a running app, then print a latency summary"
     )
     load.add_argument("--url", default="http://127.0.0.1:8000", help="the app's base URL")
-    load.add_argument("--duration", type=_bounded(float, 0, 86400), default=10.0, help="seconds")
-    load.add_argument("--concurrency", type=_bounded(int, 0, 512), default=8, help="threads")
+    load.add_argument(
+        "--duration", type=_bounded(float, 0, MAX_DURATION_S), default=10.0, help="seconds"
+    )
+    load.add_argument(
+        "--concurrency", type=_bounded(int, 0, MAX_CONCURRENCY), default=8, help="threads"
+    )
     load.add_argument("--seed", type=int, default=None, help="make the request mix repeatable")
     load.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     load.set_defaults(handler=_load)

@@ -42,3 +42,37 @@ def test_instruction_benchmark_programs_run(mode: str, database_url: URL) -> Non
     )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_toggled_benchmark_app_detaches_and_reattaches_the_monitor(
+    database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from fastapi.testclient import TestClient
+
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from bench.toggle_app import create_toggled_app
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    monkeypatch.setenv("DATABASE_URL", url_string(database_url))
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        app = create_toggled_app()
+        with TestClient(app) as client:
+            engine = app.state.engine
+            first = app.state.pool_monitor
+            assert "_do_get" in vars(engine.pool)  # attached: the checkout wrapper is in place
+            signal.raise_signal(signal.SIGUSR1)
+            assert app.state.pool_monitor is None and "_do_get" not in vars(engine.pool)
+            assert client.get("/healthz").status_code == 200
+            signal.raise_signal(signal.SIGUSR1)
+            second = app.state.pool_monitor
+            assert second is not None and second is not first
+            with engine.connect():
+                pass
+            assert second.tracker.snapshot().counters.checkouts == 1
+            second.detach()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

@@ -117,8 +117,7 @@ class Holdings:
     `reserve` grants connection slots atomically, so concurrent POSTs cannot exceed a limit.
     """
 
-    def __init__(self, capacity: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.capacity = capacity  # pool_size + max_overflow of the app's pool
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Condition(threading.Lock())
         self._holds: list[_Hold] = []
@@ -268,7 +267,7 @@ def require_same_origin(
 
 def install_demo(app: FastAPI, settings: Settings) -> Holdings:
     """Add the /demo routes and their `Holdings` (on `app.state.demo_holdings`); starts nothing."""
-    holdings = Holdings(settings.pool_size + settings.max_overflow)
+    holdings = Holdings()
     app.state.demo_holdings = holdings
     app.include_router(demo_router(settings))
     log.warning(

@@ -240,7 +240,7 @@ def test_holdings_reaper_releases_at_the_deadline() -> None:
         def close(self) -> None:
             self.closed += 1
 
-    holdings = Holdings(capacity=3)
+    holdings = Holdings()
     resources = [Resource(), Resource()]
     granted = holdings.reserve(5, limit=2)
     assert granted == 2 and holdings.reserve(1, limit=2) == 0
