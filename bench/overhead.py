@@ -59,7 +59,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_app(enabled: bool, port: int, hash_seed: int = 0) -> subprocess.Popen[bytes]:
+def start_app(
+    enabled: bool,
+    port: int,
+    hash_seed: int = 0,
+    factory: str = "monitor.app:create_app",
+) -> subprocess.Popen[bytes]:
+    """Serve the demo app (`factory`) on `port` and wait until it is ready."""
     env = {
         **os.environ,
         "DATABASE_URL": DATABASE_URL,
@@ -74,7 +80,7 @@ def start_app(enabled: bool, port: int, hash_seed: int = 0) -> subprocess.Popen[
     # app being measured is busy; the others wait on the same core.)
     pin = ["taskset", "-c", "1"] if PIN else []
     process = subprocess.Popen(
-        [*pin, sys.executable, "-m", "uvicorn", "--factory", "monitor.app:create_app",
+        [*pin, sys.executable, "-m", "uvicorn", "--factory", factory,
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

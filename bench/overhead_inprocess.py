@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,40 +22,14 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import DATABASE_URL, PIN, SECONDS, WRITE_LUA, Result, free_port, wrk
+from bench.overhead import PIN, SECONDS, WRITE_LUA, Result, free_port, start_app, wrk
 
-ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "8"))
-
-
-def start_toggled_app(port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": DATABASE_URL,
-        "MONITOR_POOL_SIZE": "10",
-        "MONITOR_LEAK_THRESHOLD_S": "30",
-    }
-    pin = ["taskset", "-c", "1"] if PIN else []
-    process = subprocess.Popen(
-        [*pin, sys.executable, "-m", "uvicorn", "--factory", "bench.toggle_app:create_toggled_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the toggled app did not become ready")
 
 
 def main() -> None:
     port = free_port()
-    app = start_toggled_app(port)
+    app = start_app(True, port, factory="bench.toggle_app:create_toggled_app")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(WRITE_LUA)
     try:
