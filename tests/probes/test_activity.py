@@ -221,12 +221,16 @@ def test_blocked_session_shows_its_blocker(
             probe.run_once()
             sample = probe.health.snapshot().last_sample
             assert sample is not None
-            blocked = [b for b in blocked_sessions(sample) if b.pid in waiter_pid]
+            # PostgreSQL takes `state` from a status snapshot made when the probe's statement
+            # first reads it, and the wait event and blockers live: one sample can catch the
+            # waiter between its UPDATE starting and waiting ("idle in transaction" + Lock).
+            blocked = [
+                b for b in blocked_sessions(sample) if b.pid in waiter_pid and b.state == "active"
+            ]
             time.sleep(0.05)
-        assert blocked, "the waiting session never showed up as blocked"
+        assert blocked, "the waiting session never showed up as blocked and active"
         assert blocked[0].blocked_by == (holder_pid,)
         assert blocked[0].wait_event_type == "Lock"
-        assert blocked[0].state == "active"
         assert blocked[0].query == "UPDATE counter SET n = n + $1 WHERE id = $2"
         sample = probe.health.snapshot().last_sample
         assert sample is not None
