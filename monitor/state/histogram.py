@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import repeat, starmap
@@ -52,11 +52,6 @@ class Histogram:
         self.pending.append(value)
         if len(self.pending) > FOLD_AT:
             self.fold()
-
-    def observe_many(self, values: Iterable[float]) -> None:
-        with self._lock:
-            self.pending.extend(values)
-            self._fold_locked()
 
     def snapshot(self) -> HistogramSnapshot:
         with self._lock:
