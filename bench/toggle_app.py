@@ -15,7 +15,7 @@ from types import FrameType
 
 from fastapi import FastAPI
 
-from monitor.app import create_app
+from monitor.app import _attach_monitor, create_app
 from monitor.pool_monitor import PoolMonitor
 from monitor.settings import Settings
 
@@ -32,15 +32,8 @@ def create_toggled_app() -> FastAPI:
                 monitor.detach()
                 app.state.pool_monitor = None
                 return
-            monitor = PoolMonitor(
-                app.state.engine,
-                leak_threshold_s=settings.leak_threshold_s,
-                slow_query_s=settings.slow_query_s,
-                probe_interval_s=settings.probe_interval_s,
-                probe_timeout_s=settings.probe_timeout_s,
-            )
-            monitor.start()
-            app.state.pool_monitor = monitor
+            # The app's own wiring (sets app.state.pool_monitor and starts it), not a copy of it.
+            _attach_monitor(app, settings, app.state.engine, app.state.engine.url, "DATABASE_URL")
 
     signal.signal(signal.SIGUSR1, toggle)
     return app
