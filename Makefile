@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/overhead_inprocess.py
+	if command -v valgrind >/dev/null; then $(BIN)/python bench/overhead_instructions.py; \
+	else echo "bench/overhead_instructions.py skipped: no valgrind"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -76,3 +76,31 @@ def test_the_toggled_benchmark_app_detaches_and_reattaches_the_monitor(
             second.detach()
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.timeout(120)
+def test_instruction_overhead_benchmark_drives_the_served_app(database_url: URL) -> None:
+    # valgrind makes the real run take minutes: here its request driver meets the app served plain.
+    import re
+
+    import httpx
+
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from bench.overhead import free_port, start_app
+        from bench.overhead_instructions import CASES, send_requests
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    port = free_port()
+    app = start_app(True, port, launcher=[], extra_env={"DATABASE_URL": url_string(database_url)})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        product = httpx.post(f"{base}/products", json={"name": "read-me", "price": 1}).json()
+        for case in CASES:
+            send_requests(base, case, product["id"], 10)
+        metrics = httpx.get(f"{base}/metrics").text
+        checkouts = re.search(r"^sqlalchemy_pool_checkouts_total\{[^}]*\} (\S+)$", metrics, re.M)
+        assert checkouts is not None and float(checkouts.group(1)) >= 21  # 1 + 2 cases x 10
+    finally:
+        app.terminate()
+        app.wait(timeout=15)
