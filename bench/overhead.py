@@ -212,7 +212,8 @@ def run_generation(generation: int, alone: Results, together: Results, script: P
         names = list(monitor_on)
         for case, (path, case_script) in cases.items():
             urls = {name: f"http://127.0.0.1:{ports[name]}{path}" for name in names}
-            wrk_together(urls, case_script, pids, seconds=1)  # warm-up: pools, lazy imports
+            for name in names:  # warm-up, not counted: pools filled, lazy imports done
+                wrk(urls[name], case_script, pids[name], seconds=1)
             one_at_a_time = alone.setdefault(case, {name: [] for name in names})
             all_at_once = together.setdefault(case, {name: [] for name in names})
             for round_index in range(ROUNDS):
@@ -228,24 +229,27 @@ def run_generation(generation: int, alone: Results, together: Results, script: P
             process.wait(timeout=15)
 
 
+def median_p99_diff(per_app: dict[str, list[Result]], app: str) -> float:
+    """Median over rounds of the app's p99 minus the monitor-off app's, in ms."""
+    pairs = zip(per_app[app], per_app["off"], strict=True)
+    return statistics.median(mine[1] - off[1] for mine, off in pairs)
+
+
 def report(title: str, results: Results, generation_ratios: dict[str, list[float]]) -> None:
     print(title)
     print(
         f"  {'case':26} {'off rps':>8} {'on rps':>8} {'ratio':>6} {'off p99':>9} {'on p99':>9} "
-        f"{'diff':>8} {'control':>8} {'cpu/req on/off':>15}  per generation"
+        f"{'diff':>8} {'control':>17} {'cpu/req on/off':>15}  per generation"
     )
     for case, per_app in results.items():
-        p99_diff = statistics.median(
-            on[1] - off[1] for on, off in zip(per_app["on"], per_app["off"], strict=True)
-        )
         off_rps, on_rps = (statistics.median(r[0] for r in per_app[a]) for a in ("off", "on"))
         off_p99, on_p99 = (statistics.median(r[1] for r in per_app[a]) for a in ("off", "on"))
         spread = " ".join(f"{ratio:.3f}" for ratio in generation_ratios[case])
         print(
             f"  {case:26} {off_rps:8.0f} {on_rps:8.0f} {median_ratio(per_app, 'on'):6.3f} "
-            f"{off_p99:7.2f}ms {on_p99:7.2f}ms {p99_diff:+7.2f}ms "
-            f"{median_ratio(per_app, 'control'):8.3f} {median_ratio(per_app, 'on', 2):15.3f}"
-            f"  {spread}"
+            f"{off_p99:7.2f}ms {on_p99:7.2f}ms {median_p99_diff(per_app, 'on'):+7.2f}ms "
+            f"{median_ratio(per_app, 'control'):7.3f} {median_p99_diff(per_app, 'control'):+7.2f}ms "
+            f"{median_ratio(per_app, 'on', 2):15.3f}  {spread}"
         )
 
 
