@@ -20,13 +20,27 @@ class RequestScope:
     request id are read from the scope when a holder is shown.
     """
 
-    __slots__ = ("_request_id", "connections_held", "multi_flagged", "scope", "serial")
+    __slots__ = (
+        "_client_id",
+        "_method",
+        "_path",
+        "_request_id",
+        "_route",
+        "connections_held",
+        "multi_flagged",
+        "scope",
+        "serial",
+    )
 
     def __init__(self, scope: Mapping[str, Any], serial: int = 0) -> None:
         # The router writes the matched route into the scope after this object exists.
-        self.scope = scope
+        self.scope: Mapping[str, Any] | None = scope
         self.serial = serial
         self._request_id: str | None = None
+        self._method: object = None
+        self._path: object = None
+        self._route: object = None
+        self._client_id: bytes | None = None
         self.connections_held = 0
         self.multi_flagged = False
 
@@ -37,27 +51,39 @@ class RequestScope:
         return cls({"type": "http", "method": method, "path": path, "headers": headers})
 
     def release_scope(self) -> None:
-        """Keep only what a holder shows (the route object is the app's, long-lived)."""
+        """Let go of the scope, keeping only references to what a holder shows.
+
+        Context copies made during the request (the server's keep-alive timer) keep this object
+        until the connection's next request; a kept dict or header list there is a container
+        the collector counts, and enough of them per request made it run several times as often.
+        """
         scope = self.scope
-        self.scope = {
-            "method": scope.get("method"),
-            "path": scope.get("path"),
-            "headers": scope.get("headers", ()),
-            "route": scope.get("route"),
-        }
+        if scope is None:
+            return
+        self._method = scope.get("method")
+        self._path = scope.get("path")
+        self._route = scope.get("route")  # the app's route object: long-lived, not copied
+        self._client_id = _client_id_header(scope)
+        self.scope = None
+
+    def _get(self, key: str, released: object) -> object:
+        scope = self.scope
+        return scope.get(key) if scope is not None else released
 
     @property
     def method(self) -> str:
-        return str(self.scope.get("method", "?"))
+        method = self._get("method", self._method)
+        return str(method) if method is not None else "?"
 
     @property
     def path(self) -> str:
-        return str(self.scope.get("path", "?"))
+        path = self._get("path", self._path)
+        return str(path) if path is not None else "?"
 
     @property
     def route(self) -> str:
         """Route template (`/products/{product_id}`), bounded in cardinality, or the raw path."""
-        template = getattr(self.scope.get("route"), "path", None)
+        template = getattr(self._get("route", self._route), "path", None)
         return template if isinstance(template, str) else self.path
 
     @property
@@ -65,15 +91,19 @@ class RequestScope:
         """The client's `X-Request-ID` when it is short and plain (it ends up on the dashboard),
         else one made from the process id and the serial number."""
         if self._request_id is None:
-            self._request_id = _client_request_id(self.scope) or f"{os.getpid():x}-{self.serial}"
+            raw = _client_id_header(self.scope) if self.scope is not None else self._client_id
+            candidate = raw.decode("latin-1") if raw is not None else None
+            if candidate is not None and _SAFE_ID.match(candidate):
+                self._request_id = candidate
+            else:
+                self._request_id = f"{os.getpid():x}-{self.serial}"
         return self._request_id
 
 
-def _client_request_id(scope: Mapping[str, Any]) -> str | None:
+def _client_id_header(scope: Mapping[str, Any]) -> bytes | None:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
-            candidate = bytes(value).decode("latin-1")
-            return candidate if _SAFE_ID.match(candidate) else None
+            return bytes(value)
     return None
 
 
