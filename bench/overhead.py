@@ -92,8 +92,8 @@ def start_app(
         **(extra_env or {}),
     }
     # Pinning the app to one core and wrk to the other keeps them from trading places, which
-    # otherwise swings throughput by 10% between identical runs on a 2-core machine. (Only the
-    # app being measured is busy; the others wait on the same core.)
+    # otherwise swings throughput by 10% between identical runs on a 2-core machine. (One at a
+    # time, only the app measured is busy; all at once, the apps share that core on purpose.)
     if launcher is None:
         launcher = ["taskset", "-c", "1"] if PIN else []
     process = subprocess.Popen(

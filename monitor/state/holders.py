@@ -66,24 +66,25 @@ class RequestScope:
         self._client_id = _client_id_header(scope)
         self.scope = None
 
-    def _get(self, key: str, released: object) -> object:
+    def _get(self, key: str) -> object:
+        # The scope first: release sets the kept fields before it drops the scope.
         scope = self.scope
-        return scope.get(key) if scope is not None else released
+        return scope.get(key) if scope is not None else getattr(self, f"_{key}")
 
     @property
     def method(self) -> str:
-        method = self._get("method", self._method)
+        method = self._get("method")
         return str(method) if method is not None else "?"
 
     @property
     def path(self) -> str:
-        path = self._get("path", self._path)
+        path = self._get("path")
         return str(path) if path is not None else "?"
 
     @property
     def route(self) -> str:
         """Route template (`/products/{product_id}`), bounded in cardinality, or the raw path."""
-        template = getattr(self._get("route", self._route), "path", None)
+        template = getattr(self._get("route"), "path", None)
         return template if isinstance(template, str) else self.path
 
     @property
@@ -91,7 +92,8 @@ class RequestScope:
         """The client's `X-Request-ID` when it is short and plain (it ends up on the dashboard),
         else one made from the process id and the serial number."""
         if self._request_id is None:
-            raw = _client_id_header(self.scope) if self.scope is not None else self._client_id
+            scope = self.scope
+            raw = _client_id_header(scope) if scope is not None else self._client_id
             candidate = raw.decode("latin-1") if raw is not None else None
             if candidate is not None and _SAFE_ID.match(candidate):
                 self._request_id = candidate
