@@ -28,6 +28,7 @@ Env: BENCH_GENERATIONS (6), BENCH_ROUNDS per generation, case and way (3), BENCH
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -55,10 +56,12 @@ PIN = (
     and (os.cpu_count() or 1) >= 2
 )
 
-WRITE_LUA = """
+READ, WRITE = "read  GET /products/{id}", "write POST /products"
+WRITE_BODY = {"name": "bench", "price": 1.5}
+WRITE_LUA = f"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"name": "bench", "price": 1.5}'
+wrk.body = '{json.dumps(WRITE_BODY)}'
 """
 
 
@@ -111,6 +114,20 @@ def start_app(
         time.sleep(0.2)
     process.kill()
     raise SystemExit(f"app on port {port} did not become ready")
+
+
+def crud_cases(
+    base_url: str, write_script: Path | None, timeout_s: float = 5.0
+) -> dict[str, tuple[str, Path | None]]:
+    """The two cases measured, case -> (path, wrk script): a read of a product made here for it,
+    and a write."""
+    product = httpx.post(
+        f"{base_url}/products", json={"name": "read-me", "price": 1}, timeout=timeout_s
+    ).json()
+    return {
+        READ: (f"/products/{product['id']}", None),
+        WRITE: ("/products", write_script),
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -202,13 +219,7 @@ def run_generation(generation: int, alone: Results, together: Results, script: P
     }
     pids = {name: app.pid for name, app in apps.items()}
     try:
-        product = httpx.post(
-            f"http://127.0.0.1:{ports['off']}/products", json={"name": "read-me", "price": 1}
-        ).json()
-        cases = {
-            "read  GET /products/{id}": (f"/products/{product['id']}", None),
-            "write POST /products": ("/products", script),
-        }
+        cases = crud_cases(f"http://127.0.0.1:{ports['off']}", script)
         names = list(monitor_on)
         for case, (path, case_script) in cases.items():
             urls = {name: f"http://127.0.0.1:{ports[name]}{path}" for name in names}

@@ -18,11 +18,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import PIN, SECONDS, WRITE_LUA, Result, free_port, start_app, wrk
+from bench.overhead import (
+    PIN,
+    SECONDS,
+    WRITE_LUA,
+    Result,
+    crud_cases,
+    free_port,
+    start_app,
+    wrk,
+)
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "8"))
 
@@ -33,13 +40,7 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(WRITE_LUA)
     try:
-        product = httpx.post(
-            f"http://127.0.0.1:{port}/products", json={"name": "read-me", "price": 1}
-        ).json()
-        cases = {
-            "read  GET /products/{id}": (f"/products/{product['id']}", None),
-            "write POST /products": ("/products", Path(lua.name)),
-        }
+        cases = crud_cases(f"http://127.0.0.1:{port}", Path(lua.name))
         print(
             f"one app process, monitor attached / detached by signal, {ROUNDS} rounds of "
             f"wrk -d{SECONDS}s per case, {'pinned' if PIN else 'not pinned'}"

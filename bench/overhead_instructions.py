@@ -24,16 +24,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import free_port, start_app
+from bench.overhead import READ, WRITE, WRITE_BODY, crud_cases, free_port, start_app
 
 FEW = int(os.environ.get("BENCH_FEW", "200"))
 MANY = int(os.environ.get("BENCH_MANY", "1000"))
 CLIENTS = 4
-CASES = ("read  GET /products/{id}", "write POST /products")
+CASES = (READ, WRITE)
 
 
-def send_requests(base: str, case: str, product_id: int, count: int) -> None:
-    """`count` requests of `case` from CLIENTS keep-alive clients; every answer must be 2xx."""
+def send_requests(base: str, case: str, path: str, count: int) -> None:
+    """`count` requests of `case` to `path` from CLIENTS keep-alive clients; all must be 2xx."""
     remaining = iter(range(count))
     lock = threading.Lock()
     failures: list[str] = []
@@ -44,10 +44,7 @@ def send_requests(base: str, case: str, product_id: int, count: int) -> None:
                 with lock:
                     if next(remaining, None) is None:
                         return
-                if case.startswith("read"):
-                    response = http.get(f"/products/{product_id}")
-                else:
-                    response = http.post("/products", json={"name": "bench", "price": 1.5})
+                response = http.post(path, json=WRITE_BODY) if case == WRITE else http.get(path)
                 if response.is_error:
                     failures.append(f"{response.status_code} {response.text[:200]}")
                     return
@@ -75,8 +72,8 @@ def instructions(enabled: bool, case: str, count: int, workdir: Path) -> int:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        product = httpx.post(f"{base}/products", json={"name": "read-me", "price": 1}, timeout=120)
-        send_requests(base, case, int(product.json()["id"]), count)
+        path, _ = crud_cases(base, None, timeout_s=120)[case]
+        send_requests(base, case, path, count)
     finally:
         app.terminate()
         app.wait(timeout=300)

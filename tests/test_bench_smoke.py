@@ -87,17 +87,16 @@ def test_instruction_overhead_benchmark_drives_the_served_app(database_url: URL)
 
     sys.path.insert(0, str(BENCH.parent))
     try:
-        from bench.overhead import free_port, start_app
-        from bench.overhead_instructions import CASES, send_requests
+        from bench.overhead import crud_cases, free_port, start_app
+        from bench.overhead_instructions import send_requests
     finally:
         sys.path.remove(str(BENCH.parent))
     port = free_port()
     app = start_app(True, port, launcher=[], extra_env={"DATABASE_URL": url_string(database_url)})
     try:
         base = f"http://127.0.0.1:{port}"
-        product = httpx.post(f"{base}/products", json={"name": "read-me", "price": 1}).json()
-        for case in CASES:
-            send_requests(base, case, product["id"], 10)
+        for case, (path, _) in crud_cases(base, None).items():
+            send_requests(base, case, path, 10)
         metrics = httpx.get(f"{base}/metrics").text
         checkouts = re.search(r"^sqlalchemy_pool_checkouts_total\{[^}]*\} (\S+)$", metrics, re.M)
         assert checkouts is not None and float(checkouts.group(1)) >= 21  # 1 + 2 cases x 10
