@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 from monitor.state.holders import RequestScope, current_request
@@ -20,13 +19,12 @@ class AttributionMiddleware:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self._serials = itertools.count(1)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = RequestScope(scope, next(self._serials))
+        request = RequestScope(scope)
         token = current_request.set(request)
         try:
             await self.app(scope, receive, send)

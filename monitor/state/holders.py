@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import os
 import re
 import threading
@@ -16,8 +17,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 class RequestScope:
     """The request in flight on this context; mutable, shared by every checkout the request makes.
 
-    Made on every request, so it only keeps the ASGI scope and a serial number: method, route and
-    request id are read from the scope when a holder is shown.
+    Made on every request, so it only keeps the ASGI scope: method, route and request id are read
+    from it when a holder is shown.
     """
 
     __slots__ = (
@@ -32,15 +33,18 @@ class RequestScope:
         "serial",
     )
 
+    # Set by `release_scope` and `request_id` only: every request makes one of these, so the
+    # constructor stores what every request needs and nothing more.
+    _method: object
+    _path: object
+    _route: object
+    _client_id: bytes | None
+    _request_id: str
+
     def __init__(self, scope: Mapping[str, Any], serial: int = 0) -> None:
         # The router writes the matched route into the scope after this object exists.
         self.scope: Mapping[str, Any] | None = scope
-        self.serial = serial
-        self._request_id: str | None = None
-        self._method: object = None
-        self._path: object = None
-        self._route: object = None
-        self._client_id: bytes | None = None
+        self.serial = serial  # 0: numbered when first asked for its request id
         self.connections_held = 0
         self.multi_flagged = False
 
@@ -91,22 +95,34 @@ class RequestScope:
     def request_id(self) -> str:
         """The client's `X-Request-ID` when it is short and plain (it ends up on the dashboard),
         else one made from the process id and the serial number."""
-        if self._request_id is None:
+        try:
+            return self._request_id
+        except AttributeError:
+            pass
+        with _naming:  # readers on two threads must not number one request twice
+            try:
+                return self._request_id
+            except AttributeError:
+                pass
             scope = self.scope
             raw = _client_id_header(scope) if scope is not None else self._client_id
             candidate = raw.decode("latin-1") if raw is not None else None
-            if candidate is not None and _SAFE_ID.match(candidate):
-                self._request_id = candidate
-            else:
-                self._request_id = f"{os.getpid():x}-{self.serial}"
-        return self._request_id
+            if candidate is None or not _SAFE_ID.match(candidate):
+                if not self.serial:
+                    self.serial = next(_serials)
+                candidate = f"{os.getpid():x}-{self.serial}"
+            self._request_id = candidate
+            return candidate
 
 
 def _client_id_header(scope: Mapping[str, Any]) -> bytes | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"x-request-id":
-            return bytes(value)
-    return None
+    # A dict built in C, not a Python loop over the headers: this runs on every request.
+    value = dict(scope.get("headers", ())).get(b"x-request-id")
+    return bytes(value) if value is not None else None
+
+
+_serials = itertools.count(1)  # numbers requests that bring no usable X-Request-ID
+_naming = threading.Lock()
 
 
 current_request: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
 
 from monitor.state.holders import RequestScope, describe
@@ -72,3 +73,13 @@ def test_an_unsafe_client_request_id_is_replaced_by_a_serial_one() -> None:
         {"method": "GET", "path": "/", "headers": [(b"x-request-id", b"<x>")]}, 9
     )
     assert request.request_id.endswith("-9") and "<" not in request.request_id
+
+
+def test_requests_without_a_client_id_are_numbered_apart_and_keep_their_id() -> None:
+    first = RequestScope({"method": "GET", "path": "/", "headers": []})
+    second = RequestScope({"method": "GET", "path": "/", "headers": [(b"x-request-id", b"")]})
+    first_id = first.request_id
+    first.release_scope()
+    assert first.request_id == first_id
+    assert second.request_id != first_id
+    assert first_id.startswith(f"{os.getpid():x}-")
