@@ -1,7 +1,8 @@
 """Instructions per request of the served demo app, monitor on vs off, counted by valgrind.
 
 Throughput ratios between two app processes on this 2-core machine move by several % with
-memory layout, start order and neighbours; instruction counts do not. Each app runs under
+memory layout, start order and neighbours; instruction counts move by about 1% from run to run
+(timing decides how often the event loop and the worker threads wake up). Each app runs under
 callgrind (uvicorn, its worker threads, the monitor's listeners, middleware and sweep: the
 whole process) and answers FEW, then MANY requests from 4 keep-alive clients outside valgrind;
 the difference divided by MANY - FEW removes start-up and shutdown. The probe is slowed to once
