@@ -116,9 +116,13 @@ class RequestScope:
 
 
 def _client_id_header(scope: Mapping[str, Any]) -> bytes | None:
-    # A dict built in C, not a Python loop over the headers: this runs on every request.
-    value = dict(scope.get("headers", ())).get(b"x-request-id")
-    return bytes(value) if value is not None else None
+    # A dict built in C, not a Python loop over the headers: this runs on every request (the
+    # last X-Request-ID wins when a client repeats it). Runs as the request ends: never raises.
+    try:
+        value = dict(scope.get("headers", ())).get(b"x-request-id")
+        return bytes(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 _serials = itertools.count(1)  # numbers requests that bring no usable X-Request-ID

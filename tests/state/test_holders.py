@@ -83,3 +83,9 @@ def test_requests_without_a_client_id_are_numbered_apart_and_keep_their_id() -> 
     assert first.request_id == first_id
     assert second.request_id != first_id
     assert first_id.startswith(f"{os.getpid():x}-")
+
+
+def test_malformed_headers_end_the_request_quietly_with_a_numbered_id() -> None:
+    request = RequestScope({"method": "GET", "path": "/", "headers": [(b"x-request-id",), "?"]})
+    request.release_scope()
+    assert request.request_id.startswith(f"{os.getpid():x}-")
