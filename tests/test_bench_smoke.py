@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.engine import URL
 
@@ -81,10 +83,6 @@ def test_the_toggled_benchmark_app_detaches_and_reattaches_the_monitor(
 @pytest.mark.timeout(120)
 def test_instruction_overhead_benchmark_drives_the_served_app(database_url: URL) -> None:
     # valgrind makes the real run take minutes: here its request driver meets the app served plain.
-    import re
-
-    import httpx
-
     sys.path.insert(0, str(BENCH.parent))
     try:
         from bench.overhead import crud_cases, free_port, start_app

@@ -95,24 +95,22 @@ class RequestScope:
     def request_id(self) -> str:
         """The client's `X-Request-ID` when it is short and plain (it ends up on the dashboard),
         else one made from the process id and the serial number."""
-        try:
-            return self._request_id
-        except AttributeError:
-            pass
-        with _naming:  # readers on two threads must not number one request twice
-            try:
-                return self._request_id
-            except AttributeError:
-                pass
-            scope = self.scope
-            raw = _client_id_header(scope) if scope is not None else self._client_id
-            candidate = raw.decode("latin-1") if raw is not None else None
-            if candidate is None or not _SAFE_ID.match(candidate):
-                if not self.serial:
-                    self.serial = next(_serials)
-                candidate = f"{os.getpid():x}-{self.serial}"
-            self._request_id = candidate
+        request_id: str | None = getattr(self, "_request_id", None)
+        if request_id is None:
+            with _naming:  # readers on two threads must not number one request twice
+                request_id = getattr(self, "_request_id", None) or self._make_request_id()
+                self._request_id = request_id
+        return request_id
+
+    def _make_request_id(self) -> str:
+        scope = self.scope
+        raw = _client_id_header(scope) if scope is not None else self._client_id
+        candidate = raw.decode("latin-1") if raw is not None else None
+        if candidate is not None and _SAFE_ID.match(candidate):
             return candidate
+        if not self.serial:
+            self.serial = next(_serials)
+        return f"{os.getpid():x}-{self.serial}"
 
 
 def _client_id_header(scope: Mapping[str, Any]) -> bytes | None:
