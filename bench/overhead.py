@@ -1,20 +1,25 @@
-"""The demo app with the monitor on vs off: throughput and p99 latency under wrk, side by side.
+"""The demo app with the monitor on vs off: throughput and p99 latency, side by side.
 
 Three app processes share one database: monitor on, monitor off, and a second monitor-off app
-(the control: its ratio to "off" is what two identical apps measure against each other in the
-same run, the noise floor). For a CRUD read (GET /products/{id}) and a CRUD write
-(POST /products), wrk loads them two ways:
-- one at a time, alternating (each app first in turn): throughput and the p99 difference
-  (goal <= 1 ms), with the app alone on its core;
-- all three at once: they share one core for the same seconds, so a burst of noise from the
-  machine hits all of them, and each app's throughput is its share of the core divided by its
-  CPU per request. This is the throughput ratio the goal (>= 0.97) is judged by: on this
-  2-core VM, runs one at a time vary by up to 15% from one 5 s run to the next.
+(the control: its figures against "off" are what two identical apps measure against each other
+in the same run, the noise floor). A CRUD read (GET /products/{id}) and a CRUD write
+(POST /products) are measured two ways:
+- throughput: wrk loads all three apps at once (closed loop, saturated): they share one core for
+  the same seconds, so a burst of noise from the machine hits all of them, and each app's
+  throughput is its share of the core divided by its CPU per request. The goal (ratio >= 0.97)
+  is judged here: on this 2-core VM, runs one at a time vary by up to 15% from run to run.
+- latency: one app at a time (each first in turn), at a fixed rate of BENCH_LOAD (0.5) times
+  what the apps served in their warm-up, the same rate for all three (`bench/fixed_rate.py`:
+  open loop, latency counted from when each request was due). The p50 and p99 differences
+  (goal p99 <= 1 ms) are read here. A saturated closed loop is not used for latency: with c
+  connections its latency is about c / throughput, queueing that restates the throughput ratio
+  (scaled by the chosen c) and carries the machine's drift.
 Also printed: the app's CPU time per request (from /proc), on/off.
 
 Two more things bias runs on this machine, and both are handled here:
-- the apps and wrk trade cores: the apps are pinned to one core and wrk to the other
-  (`taskset`; BENCH_PIN=0 turns it off), which also halves the apps' CPU per request;
+- the apps and the load trade cores: the apps are pinned to one core and wrk and this script
+  to the other (`taskset`; BENCH_PIN=0 turns it off), which also halves the apps' CPU per
+  request;
 - a process runs a few % faster or slower than an identical one for its whole life: the hash
   seed alone moves throughput by a few %, and the app started first runs about 3% slower than
   those started after it (measured with identical apps; the cause is outside the app). The
@@ -22,7 +27,8 @@ Two more things bias runs on this machine, and both are handled here:
   generation's hash seed, and in another order each time (6 generations: every order once).
   The figures are medians over every round of every generation.
 Run: `.venv/bin/python bench/overhead.py` (needs `wrk`; DATABASE_URL or the local PostgreSQL).
-Env: BENCH_GENERATIONS (6), BENCH_ROUNDS per generation, case and way (3), BENCH_SECONDS (5).
+Env: BENCH_GENERATIONS (6), BENCH_ROUNDS per generation, case and way (3), BENCH_SECONDS (5),
+BENCH_LOAD (0.5).
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fixed_rate import fixed_rate
+
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 GENERATIONS = int(os.environ.get("BENCH_GENERATIONS", "6"))
@@ -50,6 +60,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "4"))
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+LOAD = float(os.environ.get("BENCH_LOAD", "0.5"))  # the fixed rate, as a share of capacity
 PIN = (
     os.environ.get("BENCH_PIN", "1") == "1"
     and shutil.which("taskset") is not None
@@ -58,6 +69,11 @@ PIN = (
 
 READ, WRITE = "read  GET /products/{id}", "write POST /products"
 WRITE_BODY = {"name": "bench", "price": 1.5}
+# The request each case sends at a fixed rate: method and body.
+FIXED_RATE_REQUESTS: dict[str, tuple[str, bytes | None]] = {
+    READ: ("GET", None),
+    WRITE: ("POST", json.dumps(WRITE_BODY).encode()),
+}
 WRITE_LUA = f"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -140,6 +156,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 Result = tuple[float, float, float]  # requests/s, p99 ms, app CPU ms per request
+Latency = tuple[float, float, float]  # p50 ms, p99 ms, app CPU ms per request (fixed rate)
 Results = dict[str, dict[str, list[Result]]]  # case -> app -> one result per round
 
 
@@ -192,6 +209,21 @@ def wrk_together(
     }
 
 
+def at_fixed_rate(url: str, case: str, rate: float, pid: int, seconds: int = SECONDS) -> Latency:
+    """One fixed-rate run against one app (the others idle): p50, p99 and CPU per request."""
+    method, body = FIXED_RATE_REQUESTS[case]
+    cpu_before = cpu_seconds(pid)
+    result = fixed_rate(url, rate, seconds, method=method, body=body)
+    app_cpu_s = cpu_seconds(pid) - cpu_before
+    if result.errors:
+        raise SystemExit(f"{result.errors} of {len(result.latencies_s)} requests failed: {url}")
+    return (
+        result.percentile_ms(0.50),
+        result.percentile_ms(0.99),
+        app_cpu_s * 1000 / len(result.latencies_s),
+    )
+
+
 def median_ratio(results: dict[str, list[Result]], app: str, field: int = 0) -> float:
     """Median over rounds of the app's figure (throughput by default) over the monitor-off app's."""
     pairs = zip(results[app], results["off"], strict=True)
@@ -206,9 +238,11 @@ def start_order(generation: int) -> tuple[str, ...]:
     return START_ORDERS[generation % len(START_ORDERS)]
 
 
-def run_generation(generation: int, alone: Results, together: Results, script: Path) -> None:
-    """Start the three apps afresh; per case, ROUNDS rounds of one app at a time (each app first
-    in turn), then ROUNDS rounds of all three at once; stop them."""
+def run_generation(
+    generation: int, alone: Results, together: Results, rates: dict[str, list[float]], script: Path
+) -> None:
+    """Start the three apps afresh; per case, ROUNDS rounds of one app at a time at a fixed rate
+    (each app first in turn), then ROUNDS rounds of all three at once under wrk; stop them."""
     # "control" is a second app with the monitor off: its ratio to "off" is the noise floor,
     # what two identical apps measure against each other in the same run.
     monitor_on = {"on": True, "off": False, "control": False}
@@ -223,14 +257,16 @@ def run_generation(generation: int, alone: Results, together: Results, script: P
         names = list(monitor_on)
         for case, (path, case_script) in cases.items():
             urls = {name: f"http://127.0.0.1:{ports[name]}{path}" for name in names}
-            for name in names:  # warm-up, not counted: pools filled, lazy imports done
-                wrk(urls[name], case_script, pids[name], seconds=1)
+            # Warm-up, not counted (pools filled, lazy imports done); it also sets the rate.
+            served = [wrk(urls[name], case_script, pids[name], seconds=2)[0] for name in names]
+            rate = LOAD * statistics.median(served)
+            rates.setdefault(case, []).append(rate)
             one_at_a_time = alone.setdefault(case, {name: [] for name in names})
             all_at_once = together.setdefault(case, {name: [] for name in names})
             for round_index in range(ROUNDS):
                 shift = (round_index + generation) % len(names)
                 for name in names[shift:] + names[:shift]:
-                    one_at_a_time[name].append(wrk(urls[name], case_script, pids[name]))
+                    one_at_a_time[name].append(at_fixed_rate(urls[name], case, rate, pids[name]))
             for _ in range(ROUNDS):
                 for name, result in wrk_together(urls, case_script, pids).items():
                     all_at_once[name].append(result)
@@ -240,26 +276,48 @@ def run_generation(generation: int, alone: Results, together: Results, script: P
             process.wait(timeout=15)
 
 
-def median_p99_diff(per_app: dict[str, list[Result]], app: str) -> float:
-    """Median over rounds of the app's p99 minus the monitor-off app's, in ms."""
+def median_p99_diff(per_app: dict[str, list[Result]], app: str, field: int = 1) -> float:
+    """Median over rounds of the app's p99 (or `field`) minus the monitor-off app's, in ms."""
     pairs = zip(per_app[app], per_app["off"], strict=True)
-    return statistics.median(mine[1] - off[1] for mine, off in pairs)
+    return statistics.median(mine[field] - off[field] for mine, off in pairs)
 
 
-def report(title: str, results: Results, generation_ratios: dict[str, list[float]]) -> None:
-    print(title)
+def report_throughput(results: Results, generation_ratios: dict[str, list[float]]) -> None:
+    print("throughput, all three loaded at once by wrk (goal: ratio >= 0.97):")
     print(
-        f"  {'case':26} {'off rps':>8} {'on rps':>8} {'ratio':>6} {'off p99':>9} {'on p99':>9} "
-        f"{'diff':>8} {'control':>17} {'cpu/req on/off':>15}  per generation"
+        f"  {'case':26} {'off rps':>8} {'on rps':>8} {'ratio':>6} {'control':>8} "
+        f"{'cpu/req on/off':>15}  per generation"
     )
     for case, per_app in results.items():
         off_rps, on_rps = (statistics.median(r[0] for r in per_app[a]) for a in ("off", "on"))
-        off_p99, on_p99 = (statistics.median(r[1] for r in per_app[a]) for a in ("off", "on"))
         spread = " ".join(f"{ratio:.3f}" for ratio in generation_ratios[case])
         print(
             f"  {case:26} {off_rps:8.0f} {on_rps:8.0f} {median_ratio(per_app, 'on'):6.3f} "
-            f"{off_p99:7.2f}ms {on_p99:7.2f}ms {median_p99_diff(per_app, 'on'):+7.2f}ms "
-            f"{median_ratio(per_app, 'control'):7.3f} {median_p99_diff(per_app, 'control'):+7.2f}ms "
+            f"{median_ratio(per_app, 'control'):8.3f} {median_ratio(per_app, 'on', 2):15.3f}  "
+            f"{spread}"
+        )
+
+
+def report_latency(
+    results: Results, generation_diffs: dict[str, list[float]], rates: dict[str, list[float]]
+) -> None:
+    print(
+        f"latency, one app at a time at a fixed rate ({LOAD:.0%} of capacity; goal: p99 <= 1 ms):"
+    )
+    print(
+        f"  {'case':26} {'rate/s':>7} {'off p50':>9} {'diff':>8} {'off p99':>9} {'on p99':>9} "
+        f"{'diff':>8} {'control':>8} {'cpu/req on/off':>15}  p99 diff per generation"
+    )
+    for case, per_app in results.items():
+        off_p50, off_p99, on_p99 = (
+            statistics.median(r[field] for r in per_app[app])
+            for app, field in (("off", 0), ("off", 1), ("on", 1))
+        )
+        spread = " ".join(f"{diff:+.2f}" for diff in generation_diffs[case])
+        print(
+            f"  {case:26} {statistics.median(rates[case]):7.0f} {off_p50:7.2f}ms "
+            f"{median_p99_diff(per_app, 'on', 0):+6.2f}ms {off_p99:7.2f}ms {on_p99:7.2f}ms "
+            f"{median_p99_diff(per_app, 'on'):+6.2f}ms {median_p99_diff(per_app, 'control'):+6.2f}ms "
             f"{median_ratio(per_app, 'on', 2):15.3f}  {spread}"
         )
 
@@ -269,28 +327,31 @@ def main() -> None:
         raise SystemExit("wrk is not installed (Debian package 'wrk')")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(WRITE_LUA)
+    if PIN:
+        os.sched_setaffinity(0, {0})  # the fixed-rate load runs here: on wrk's core, not the apps'
     alone: Results = {}
     together: Results = {}
-    ratios: dict[str, dict[str, list[float]]] = {"alone": {}, "together": {}}
+    rates: dict[str, list[float]] = {}
+    throughput_ratios: dict[str, list[float]] = {}
+    p99_diffs: dict[str, list[float]] = {}
     try:
         print(
-            f"wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s, {'pinned' if PIN else 'not pinned'}, "
+            f"wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s and {SECONDS} s at a fixed rate, "
+            f"{'pinned' if PIN else 'not pinned'}, "
             f"{GENERATIONS} generations of fresh apps x {ROUNDS} rounds per case and way"
         )
         for generation in range(GENERATIONS):
-            run_generation(generation, alone, together, Path(lua.name))
-            for way, results in (("alone", alone), ("together", together)):
-                for case, per_app in results.items():
-                    latest = {app: rounds[-ROUNDS:] for app, rounds in per_app.items()}
-                    ratios[way].setdefault(case, []).append(median_ratio(latest, "on"))
-        report("one app loaded at a time (throughput, p99):", alone, ratios["alone"])
-        report("all three loaded at once (throughput ratio):", together, ratios["together"])
+            run_generation(generation, alone, together, rates, Path(lua.name))
+            for case in together:
+                latest = {app: rounds[-ROUNDS:] for app, rounds in together[case].items()}
+                throughput_ratios.setdefault(case, []).append(median_ratio(latest, "on"))
+                latest = {app: rounds[-ROUNDS:] for app, rounds in alone[case].items()}
+                p99_diffs.setdefault(case, []).append(median_p99_diff(latest, "on"))
+        report_throughput(together, throughput_ratios)
+        report_latency(alone, p99_diffs, rates)
         orders = ", ".join(">".join(start_order(g)) for g in range(GENERATIONS))
         print(f"start order per generation: {orders}")
-        print(
-            "goals: ratio >= 0.97 (all at once), p99 diff <= 1 ms (one at a time); "
-            "control: off vs an identical off app"
-        )
+        print("control: off vs an identical off app (the noise floor)")
     finally:
         os.unlink(lua.name)
 

@@ -81,11 +81,12 @@ def test_the_toggled_benchmark_app_detaches_and_reattaches_the_monitor(
 
 
 @pytest.mark.timeout(120)
-def test_instruction_overhead_benchmark_drives_the_served_app(database_url: URL) -> None:
-    # valgrind makes the real run take minutes: here its request driver meets the app served plain.
+def test_overhead_benchmark_drivers_load_the_served_app(database_url: URL) -> None:
+    # valgrind makes the real run take minutes: here its request driver meets the app served
+    # plain, and so does the fixed-rate load of `bench/overhead.py`, briefly.
     sys.path.insert(0, str(BENCH.parent))
     try:
-        from bench.overhead import crud_cases, free_port, start_app
+        from bench.overhead import at_fixed_rate, crud_cases, free_port, start_app
         from bench.overhead_instructions import send_requests
     finally:
         sys.path.remove(str(BENCH.parent))
@@ -95,9 +96,11 @@ def test_instruction_overhead_benchmark_drives_the_served_app(database_url: URL)
         base = f"http://127.0.0.1:{port}"
         for case, (path, _) in crud_cases(base, None).items():
             send_requests(base, case, path, 10)
+            p50_ms, p99_ms, cpu_ms = at_fixed_rate(f"{base}{path}", case, 40, app.pid, seconds=1)
+            assert 0 < p50_ms <= p99_ms < 1000 and cpu_ms > 0
         metrics = httpx.get(f"{base}/metrics").text
         checkouts = re.search(r"^sqlalchemy_pool_checkouts_total\{[^}]*\} (\S+)$", metrics, re.M)
-        assert checkouts is not None and float(checkouts.group(1)) >= 21  # 1 + 2 cases x 10
+        assert checkouts is not None and float(checkouts.group(1)) >= 101  # 1 + 2 x (10 + 40)
     finally:
         app.terminate()
         app.wait(timeout=15)
