@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -23,12 +24,17 @@ REQUEST_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class FixedRateResult:
-    """Latencies in seconds, in the order the requests were due; `errors`: non-2xx or failed."""
+    """Latencies in seconds, in the order the requests were due (a failed request counts until
+    it failed); `errors`: what went wrong how often, most frequent first (("HTTP 503", 4), ...)."""
 
     latencies_s: tuple[float, ...]
-    errors: int
+    errors: tuple[tuple[str, int], ...]
     connections: int  # most connections open at once
     late_s: float  # how far behind its schedule the sender fell at worst (it should not)
+
+    @property
+    def failed(self) -> int:
+        return sum(count for _, count in self.errors)
 
     def percentile_ms(self, fraction: float) -> float:
         return percentile(self.latencies_s, fraction) * 1000
@@ -132,7 +138,7 @@ async def fixed_rate_async(
     connections = _Connections(host, port, max_connections)
     count = max(1, round(rate * seconds))
     latencies: list[float] = [0.0] * count
-    failed = [False] * count
+    errors: Counter[str] = Counter()
 
     async def one(index: int, due: float) -> None:
         connection = None
@@ -141,13 +147,15 @@ async def fixed_rate_async(
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 connection = await connections.take()
                 status, reusable = await _exchange(*connection, request)
-            failed[index] = not 200 <= status < 300
-        except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError):
-            failed[index] = True
+            if not 200 <= status < 300:
+                errors[f"HTTP {status}"] += 1
+        except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError) as error:
+            errors[type(error).__name__] += 1
+            reusable = False
         finally:
             latencies[index] = time.perf_counter() - due
             if connection is not None:
-                connections.give_back(connection, reusable and not failed[index])
+                connections.give_back(connection, reusable)
 
     tasks: list[asyncio.Task[None]] = []
     loop = asyncio.get_running_loop()
@@ -176,7 +184,9 @@ async def fixed_rate_async(
         await asyncio.gather(*tasks)
     finally:
         connections.close()
-    return FixedRateResult(tuple(latencies), sum(failed), connections.most_open, late_s)
+    return FixedRateResult(
+        tuple(latencies), tuple(errors.most_common()), connections.most_open, late_s
+    )
 
 
 def fixed_rate(

@@ -28,6 +28,7 @@ from bench.overhead import (
     crud_cases,
     free_port,
     start_app,
+    stop_app,
     wrk,
 )
 
@@ -65,8 +66,7 @@ def main() -> None:
                 f"{statistics.median(on[2] / off[2] for on, off in pairs):15.3f}"
             )
     finally:
-        app.terminate()
-        app.wait(timeout=15)
+        stop_app(app)
         os.unlink(lua.name)
 
 

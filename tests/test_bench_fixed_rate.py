@@ -66,7 +66,7 @@ def test_requests_leave_on_schedule_and_carry_their_body() -> None:
     result, took_s = _run(answer, rate=100, seconds=0.5, method="POST", body=b'{"name": "x"}')
 
     assert len(result.latencies_s) == len(seen) == 50
-    assert result.errors == 0
+    assert result.failed == 0 and result.errors == ()
     assert {line for _, line, _ in seen} == {b"POST /items/7 HTTP/1.1"}
     assert {body for _, _, body in seen} == {b'{"name": "x"}'}
     # Spread over the half second, 10 ms apart, not sent as fast as the server answers.
@@ -99,7 +99,8 @@ def test_answers_outside_2xx_are_counted_as_errors() -> None:
 
     result, _ = _run(refuse, rate=50, seconds=0.2)
 
-    assert result.errors == len(result.latencies_s) == 10
+    assert result.errors == (("HTTP 503", 10),)
+    assert result.failed == len(result.latencies_s) == 10
 
 
 def test_percentile_is_a_measured_value_by_nearest_rank() -> None:
@@ -110,3 +111,17 @@ def test_percentile_is_a_measured_value_by_nearest_rank() -> None:
     assert percentile([3.0], 0.99) == 3.0
     with pytest.raises(ValueError):
         percentile([], 0.5)
+
+
+@pytest.mark.timeout(30)
+def test_a_refused_connection_is_an_error_per_request_not_a_crash() -> None:
+    async def main() -> FixedRateResult:
+        server, url = await _serve(lambda head, body: asyncio.sleep(0, (200, b"")))
+        server.close()
+        await server.wait_closed()  # nothing listens on the port any more
+        return await fixed_rate_async(url, 50, 0.2)
+
+    result = asyncio.run(main())
+
+    assert result.errors == (("ConnectionRefusedError", 10),)
+    assert max(result.latencies_s) < 1.0

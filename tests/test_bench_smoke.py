@@ -86,7 +86,7 @@ def test_overhead_benchmark_drivers_load_the_served_app(database_url: URL) -> No
     # plain, and so does the fixed-rate load of `bench/overhead.py`, briefly.
     sys.path.insert(0, str(BENCH.parent))
     try:
-        from bench.overhead import at_fixed_rate, crud_cases, free_port, start_app
+        from bench.overhead import at_fixed_rate, crud_cases, free_port, start_app, stop_app
         from bench.overhead_instructions import send_requests
     finally:
         sys.path.remove(str(BENCH.parent))
@@ -96,11 +96,12 @@ def test_overhead_benchmark_drivers_load_the_served_app(database_url: URL) -> No
         base = f"http://127.0.0.1:{port}"
         for case, (path, _) in crud_cases(base, None).items():
             send_requests(base, case, path, 10)
-            p50_ms, p99_ms, cpu_ms = at_fixed_rate(f"{base}{path}", case, 40, app.pid, seconds=1)
-            assert 0 < p50_ms <= p99_ms < 1000 and cpu_ms > 0
+            p50_ms, p99_ms, cpu_ms, _, failed = at_fixed_rate(
+                f"{base}{path}", case, 40, app.pid, seconds=1
+            )
+            assert failed == 0 and 0 < p50_ms <= p99_ms < 1000 and cpu_ms > 0
         metrics = httpx.get(f"{base}/metrics").text
         checkouts = re.search(r"^sqlalchemy_pool_checkouts_total\{[^}]*\} (\S+)$", metrics, re.M)
         assert checkouts is not None and float(checkouts.group(1)) >= 101  # 1 + 2 x (10 + 40)
     finally:
-        app.terminate()
-        app.wait(timeout=15)
+        stop_app(app)
