@@ -30,7 +30,7 @@ class FixedRateResult:
     latencies_s: tuple[float, ...]
     errors: tuple[tuple[str, int], ...]
     connections: int  # most connections open at once
-    late_s: float  # how far behind its schedule the sender fell at worst (it should not)
+    late_s: float  # how far behind its schedule the sender fell at worst (then it catches up)
 
     @property
     def failed(self) -> int:
