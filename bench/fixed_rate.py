@@ -123,7 +123,7 @@ async def _exchange(
     return status, headers.get("connection", "").lower() != "close"
 
 
-async def fixed_rate_async(
+async def fixed_rate(
     url: str,
     rate: float,
     seconds: float,
@@ -132,6 +132,7 @@ async def fixed_rate_async(
     body: bytes | None = None,
     max_connections: int = 64,
 ) -> FixedRateResult:
+    """`rate` requests per second to `url` for `seconds`; returns when the last one is answered."""
     if rate <= 0 or seconds <= 0:
         raise ValueError("rate and seconds must be positive")
     host, port, request = _request_bytes(method, url, body)
@@ -186,21 +187,4 @@ async def fixed_rate_async(
         connections.close()
     return FixedRateResult(
         tuple(latencies), tuple(errors.most_common()), connections.most_open, late_s
-    )
-
-
-def fixed_rate(
-    url: str,
-    rate: float,
-    seconds: float,
-    *,
-    method: str = "GET",
-    body: bytes | None = None,
-    max_connections: int = 64,
-) -> FixedRateResult:
-    """`rate` requests per second to `url` for `seconds`; returns when the last one is answered."""
-    return asyncio.run(
-        fixed_rate_async(
-            url, rate, seconds, method=method, body=body, max_connections=max_connections
-        )
     )

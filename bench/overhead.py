@@ -33,6 +33,7 @@ BENCH_LOAD (0.5).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -230,7 +231,7 @@ def at_fixed_rate(url: str, case: str, rate: float, pid: int, seconds: int = SEC
     burst that timed out; the apps recovered)."""
     method, body = FIXED_RATE_REQUESTS[case]
     cpu_before = cpu_seconds(pid)
-    result = fixed_rate(url, rate, seconds, method=method, body=body)
+    result = asyncio.run(fixed_rate(url, rate, seconds, method=method, body=body))
     app_cpu_s = cpu_seconds(pid) - cpu_before
     if result.failed:
         kinds = ", ".join(f"{kind} x{count}" for kind, count in result.errors)

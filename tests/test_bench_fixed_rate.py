@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bench.fixed_rate import FixedRateResult, fixed_rate_async, percentile
+from bench.fixed_rate import FixedRateResult, fixed_rate, percentile
 
 Handler = Callable[[bytes, bytes], Awaitable[tuple[int, bytes]]]
 
@@ -47,7 +47,7 @@ def _run(
         server, url = await _serve(handler)
         started = time.perf_counter()
         try:
-            result = await fixed_rate_async(url, rate, seconds, **options)  # type: ignore[arg-type]
+            result = await fixed_rate(url, rate, seconds, **options)  # type: ignore[arg-type]
         finally:
             server.close()
         return result, time.perf_counter() - started
@@ -119,7 +119,7 @@ def test_a_refused_connection_is_an_error_per_request_not_a_crash() -> None:
         server, url = await _serve(lambda head, body: asyncio.sleep(0, (200, b"")))
         server.close()
         await server.wait_closed()  # nothing listens on the port any more
-        return await fixed_rate_async(url, 50, 0.2)
+        return await fixed_rate(url, 50, 0.2)
 
     result = asyncio.run(main())
 
