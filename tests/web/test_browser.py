@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from fastapi import FastAPI
 
 from monitor.app import create_app
 from monitor.settings import Settings
-from tests.web.conftest import serve
+from tests.web.conftest import serve, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -29,14 +28,6 @@ def live(app_settings: Settings) -> Iterator[tuple[FastAPI, str]]:
     app = create_app(app_settings.model_copy(update={"demo_routes": demo}))
     with serve(app) as base_url:
         yield app, base_url
-
-
-def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_vendored_htmx_loads_and_panels_poll_without_reload(
@@ -109,4 +100,4 @@ def test_demo_buttons_leak_then_release(
     page.locator('button[data-demo="release"]').click()
     expect(page.locator("#leaks-current-empty")).to_be_visible(timeout=10_000)
     expect(page.locator("#leaks-resolved")).to_contain_text("POST /demo/leak")
-    _wait_until(lambda: app.state.engine.pool.checkedout() == 0, 10, "the demo to release")
+    wait_until(lambda: app.state.engine.pool.checkedout() == 0, 10, "the demo to release")

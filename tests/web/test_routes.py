@@ -6,7 +6,7 @@ import base64
 import hashlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +19,12 @@ from monitor.web import views
 from monitor.web.install import add_monitor_routes
 from monitor.web.routes import HTMX_SRI, POLL_TRIGGER
 from tests.servers import free_port
+from tests.web.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 VENDORED = ROOT / "static" / "vendor" / "htmx-2.0.11.min.js"
 PARTIALS = [f"/monitor/partials/{name}" for name in views.PANEL_NAMES]
 TOKEN = "t0ken-with-some-length-1234"
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def _polled_elements(html: str) -> list[str]:
@@ -48,7 +41,7 @@ def test_dashboard_and_partials_show_a_held_connection(client: TestClient) -> No
             data = client.get("/monitor/api/snapshot").json()
             return any(h["server"] for h in data["held"]) and bool(data["pool"]["leaks"])
 
-        _wait_for(joined_and_leaked, 8, "the probe to join the held connection")
+        wait_until(joined_and_leaked, 8, "the probe to join the held connection")
         page = client.get("/monitor/")
         assert page.status_code == 200
         assert page.headers["cache-control"] == "no-store"
@@ -119,7 +112,7 @@ def test_database_down_shows_a_banner_and_every_fragment_stays_200() -> None:
     url = f"postgresql://nobody:S3cret-pw@127.0.0.1:{free_port()}/nowhere"
     app = create_app(Settings(database_url=url, pool_timeout_s=1.0, probe_interval_s=0.5))
     with TestClient(app) as client:
-        _wait_for(
+        wait_until(
             lambda: "Database unreachable" in client.get("/monitor/partials/status").text,
             10,
             "the failed probe to show in the status banner",
