@@ -13,7 +13,8 @@ from fastapi import FastAPI
 
 from monitor.app import create_app
 from monitor.settings import Settings
-from tests.web.conftest import serve, wait_until
+from tests.servers import wait_for
+from tests.web.conftest import serve
 
 pytestmark = pytest.mark.browser
 
@@ -100,4 +101,6 @@ def test_demo_buttons_leak_then_release(
     page.locator('button[data-demo="release"]').click()
     expect(page.locator("#leaks-current-empty")).to_be_visible(timeout=10_000)
     expect(page.locator("#leaks-resolved")).to_contain_text("POST /demo/leak")
-    wait_until(lambda: app.state.engine.pool.checkedout() == 0, 10, "the demo to release")
+    assert wait_for(lambda: app.state.engine.pool.checkedout() == 0, 10, 0.1), (
+        "the demo never released"
+    )

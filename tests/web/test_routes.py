@@ -18,8 +18,7 @@ from monitor.settings import Settings
 from monitor.web import views
 from monitor.web.install import add_monitor_routes
 from monitor.web.routes import HTMX_SRI, POLL_TRIGGER
-from tests.servers import free_port
-from tests.web.conftest import wait_until
+from tests.servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VENDORED = ROOT / "static" / "vendor" / "htmx-2.0.11.min.js"
@@ -41,7 +40,7 @@ def test_dashboard_and_partials_show_a_held_connection(client: TestClient) -> No
             data = client.get("/monitor/api/snapshot").json()
             return any(h["server"] for h in data["held"]) and bool(data["pool"]["leaks"])
 
-        wait_until(joined_and_leaked, 8, "the probe to join the held connection")
+        assert wait_for(joined_and_leaked, 8, 0.1), "the probe never joined the held connection"
         page = client.get("/monitor/")
         assert page.status_code == 200
         assert page.headers["cache-control"] == "no-store"
@@ -112,11 +111,9 @@ def test_database_down_shows_a_banner_and_every_fragment_stays_200() -> None:
     url = f"postgresql://nobody:S3cret-pw@127.0.0.1:{free_port()}/nowhere"
     app = create_app(Settings(database_url=url, pool_timeout_s=1.0, probe_interval_s=0.5))
     with TestClient(app) as client:
-        wait_until(
-            lambda: "Database unreachable" in client.get("/monitor/partials/status").text,
-            10,
-            "the failed probe to show in the status banner",
-        )
+        assert wait_for(
+            lambda: "Database unreachable" in client.get("/monitor/partials/status").text, 10, 0.1
+        ), "the failed probe never showed in the status banner"
         page = client.get("/monitor/")
         assert page.status_code == 200
         assert "the probe has never succeeded" in page.text
