@@ -12,12 +12,12 @@ one is busy, up to `max_connections`.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from monitor.demo.load import nearest_rank
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -37,18 +37,8 @@ class FixedRateResult:
         return sum(count for _, count in self.errors)
 
     def percentile_ms(self, fraction: float) -> float:
-        return percentile(self.latencies_s, fraction) * 1000
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile (`fraction` 0.99 for the p99): a latency that was measured."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    # The smallest value with at least `fraction` of the values at or below it (the 1e-9 keeps
-    # 0.99 x 100 from rounding up to the next rank).
-    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered) - 1e-9)))
-    return ordered[rank - 1]
+        """Nearest rank: a latency that was measured (0.99 for the p99)."""
+        return nearest_rank(sorted(self.latencies_s), fraction) * 1000
 
 
 class _Connections:

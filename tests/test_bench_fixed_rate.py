@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bench.fixed_rate import FixedRateResult, fixed_rate, percentile
+from bench.fixed_rate import FixedRateResult, fixed_rate
 
 Handler = Callable[[bytes, bytes], Awaitable[tuple[int, bytes]]]
 
@@ -101,16 +101,6 @@ def test_answers_outside_2xx_are_counted_as_errors() -> None:
 
     assert result.errors == (("HTTP 503", 10),)
     assert result.failed == len(result.latencies_s) == 10
-
-
-def test_percentile_is_a_measured_value_by_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 0.99) == 99.0
-    assert percentile(values, 0.50) == 50.0
-    assert percentile(values, 1.0) == 100.0
-    assert percentile([3.0], 0.99) == 3.0
-    with pytest.raises(ValueError):
-        percentile([], 0.5)
 
 
 @pytest.mark.timeout(30)

@@ -166,11 +166,17 @@ def _percentiles_ms(values: list[float]) -> tuple[float, float, float]:
     if not values:
         return 0.0, 0.0, 0.0
     ordered = sorted(values)
+    p50, p95, p99 = (nearest_rank(ordered, fraction) * 1000 for fraction in (0.50, 0.95, 0.99))
+    return p50, p95, p99
 
-    def rank(p: float) -> float:  # nearest-rank percentile
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] * 1000
 
-    return rank(50), rank(95), rank(99)
+def nearest_rank(ordered: Sequence[float], fraction: float) -> float:
+    """The `fraction` percentile (0.99 for the p99) of sorted values: the smallest value with at
+    least that share of the values at or below it, a value that was measured."""
+    if not ordered:
+        raise ValueError("no values")
+    # The 1e-9: 0.07 x 100 is 7.000000000000001 in floats, which must not round up to rank 8.
+    return ordered[max(1, min(len(ordered), math.ceil(fraction * len(ordered) - 1e-9))) - 1]
 
 
 # ---- traffic ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from monitor.demo.load import (
     LoadTargetUnreachable,
     OperationSummary,
     format_summary,
+    nearest_rank,
     run_load,
     start_background_load,
 )
@@ -197,3 +198,14 @@ def test_demo_command_starts_the_background_load(schema_url: URL) -> None:
     assert process.returncode in (0, -signal.SIGTERM)
     assert "background load running" in output
     assert "demo scenario routes are enabled" in output
+
+
+def test_percentile_is_a_measured_value_by_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert nearest_rank(values, 0.99) == 99.0
+    assert nearest_rank(values, 0.50) == 50.0
+    assert nearest_rank(values, 1.0) == 100.0
+    assert nearest_rank([3.0], 0.99) == 3.0
+    assert nearest_rank(values, 0.07) == 7.0  # 0.07 x 100 is a hair above 7 in floats
+    with pytest.raises(ValueError):
+        nearest_rank([], 0.5)
