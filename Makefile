@@ -36,6 +36,7 @@ bench: $(STAMP)
 	else echo "bench/checkout_instructions.py skipped: no valgrind"; fi
 	$(BIN)/python bench/scrape.py
 	$(BIN)/python bench/probe.py
+	$(BIN)/python bench/dashboard_poll.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/overhead_inprocess.py
 	if command -v valgrind >/dev/null; then $(BIN)/python bench/overhead_instructions.py; \

@@ -54,6 +54,7 @@ def dashboard_poller(base: str, stop: threading.Event) -> None:
     with httpx.Client(base_url=base, timeout=10) as client:
         while not stop.wait(2):
             client.get("/monitor/")
+            client.get("/monitor/partials")  # what an open dashboard polls
             client.get("/monitor/api/snapshot")
 
 

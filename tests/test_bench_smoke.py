@@ -20,7 +20,12 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
-    ("script", "expected"), [("scrape.py", "median full scrape"), ("checkout.py", "(b)")]
+    ("script", "expected"),
+    [
+        ("scrape.py", "median full scrape"),
+        ("checkout.py", "(b)"),
+        ("dashboard_poll.py", "per panel / combined"),
+    ],
 )
 def test_benchmark_runs(script: str, expected: str, database_url: URL) -> None:
     env = {**os.environ, "BENCH_ROUNDS": "3", "DATABASE_URL": url_string(database_url)}

@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from monitor.state.view import MonitorView
@@ -148,6 +148,7 @@ def _page_globals(request: Request) -> dict[str, Any]:
         "htmx_sri": HTMX_SRI,
         "htmx_local": f"{base}/static/vendor/htmx-{HTMX_VERSION}.min.js",
         "poll_trigger": POLL_TRIGGER,
+        "poll_target": poll_target,
     }
 
 
@@ -169,7 +170,28 @@ def _build(name: str, view: MonitorView, ctx: views.RenderContext) -> tuple[obje
         return views.build_panel(name, view, ctx), None
     except Exception as exc:
         log.exception("dashboard panel %s failed", name)
-        return None, f"This panel failed to render ({type(exc).__name__}); see the server log."
+        return None, _failed("panel", exc)
+
+
+def _build_every_panel(request: Request) -> tuple[dict[str, object], dict[str, str]]:
+    """Every panel's model (the status included) from one view, and each failed one's problem."""
+    view, problem = _monitor_view(request)
+    if view is None:
+        return {}, dict.fromkeys(views.PANEL_NAMES, problem or "")
+    ctx = _context(request, view)
+    models: dict[str, object] = {}
+    problems: dict[str, str] = {}
+    for name in views.PANEL_NAMES:
+        model, panel_problem = _build(name, view, ctx)
+        if panel_problem is None:
+            models[name] = model
+        else:
+            problems[name] = panel_problem
+    return models, problems
+
+
+def _failed(what: str, exc: Exception) -> str:
+    return f"This {what} failed to render ({type(exc).__name__}); see the server log."
 
 
 def _render(request: Request, name: str, context: dict[str, Any]) -> Response:
@@ -179,10 +201,30 @@ def _render(request: Request, name: str, context: dict[str, Any]) -> Response:
         return templates.TemplateResponse(request, name, context, headers=_NO_STORE)
     except Exception as exc:
         log.exception("dashboard template %s failed", name)
-        problem = f"This view failed to render ({type(exc).__name__}); see the server log."
         return templates.TemplateResponse(
-            request, "partials/_unavailable.html", {"problem": problem}, headers=_NO_STORE
+            request,
+            "partials/_unavailable.html",
+            {"problem": _failed("view", exc)},
+            headers=_NO_STORE,
         )
+
+
+def _fragment(name: str, models: dict[str, object], problems: dict[str, str]) -> str:
+    """One panel's HTML for the combined poll; a failure there spoils that panel only."""
+    env = get_templates().env
+    problem = problems.get(name)
+    if problem is None:
+        try:
+            return env.get_template(f"partials/_{name}.html").render(p=models[name])
+        except Exception as exc:
+            log.exception("dashboard template of panel %s failed", name)
+            problem = _failed("panel", exc)
+    return env.get_template("partials/_unavailable.html").render(problem=problem)
+
+
+def poll_target(name: str) -> str:
+    """The id of the element on the dashboard that holds panel `name`."""
+    return f"body-{name}"
 
 
 @router.get("/", include_in_schema=False)
@@ -191,37 +233,38 @@ def dashboard(request: Request) -> Response:
     denied = _authorize(request)
     if denied is not None:
         return denied
-    view, problem = _monitor_view(request)
-    panels: dict[str, object] = {}
-    problems: dict[str, str] = {}
-    status: object = None
-    if view is not None:
-        ctx = _context(request, view)
-        status, status_problem = _build("status", view, ctx)
-        for name, _, _ in LAYOUT:
-            panels[name], panel_problem = _build(name, view, ctx)
-            if panel_problem:
-                problems[name] = panel_problem
-        if status_problem:
-            problem = status_problem
-    else:
-        problems = dict.fromkeys((name for name, _, _ in LAYOUT), problem or "")
-    demo = views.build_demo(getattr(request.app.state, "demo_scenarios", None))
+    models, problems = _build_every_panel(request)
     context = {
         **_page_globals(request),
         "layout": LAYOUT,
-        "panels": panels,
+        "panels": models,
         "problems": problems,
-        "status": status,
-        "status_problem": problem,
-        "demo": demo,
+        "demo": views.build_demo(getattr(request.app.state, "demo_scenarios", None)),
     }
     return _render(request, "dashboard.html", context)
 
 
+@router.get("/partials", include_in_schema=False)
+def every_partial(request: Request) -> Response:
+    """Every panel at once as out-of-band swaps: what the dashboard polls. One request per poll,
+    not one per panel: eleven requests cost the app about seven times the CPU of this one
+    (`bench/dashboard_poll.py`), nearly all of it per-request HTTP work."""
+    denied = _authorize(request)
+    if denied is not None:
+        return denied
+    models, problems = _build_every_panel(request)
+    body = "\n".join(
+        f'<div id="{poll_target(name)}" hx-swap-oob="innerHTML">'
+        f"{_fragment(name, models, problems)}</div>"
+        for name in views.PANEL_NAMES
+    )
+    return HTMLResponse(body, headers=_NO_STORE)
+
+
 @router.get("/partials/{panel}", include_in_schema=False)
 def partial(request: Request, panel: str) -> Response:
-    """One panel's fragment for HTMX polling; always 200, a degraded rendering on trouble."""
+    """One panel's fragment (the combined poll's parts, one at a time); always 200, a degraded
+    rendering on trouble."""
     denied = _authorize(request)
     if denied is not None:
         return denied

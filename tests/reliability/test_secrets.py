@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL
 
 from monitor.app import create_app
 from monitor.settings import Settings
+from monitor.web import views
 from tests.conftest import url_string
 
 
@@ -126,9 +127,10 @@ def _exercise(client: TestClient, secrets: Secrets) -> dict[str, str]:
             pytest.skip("no /monitor/ dashboard yet (built elsewhere)")  # pragma: no cover
         assert dashboard.status_code == 200
         bodies["dashboard"] = dashboard.text
-        partials = sorted(set(re.findall(r'hx-get="([^"]*/partials/[^"]+)"', dashboard.text)))
-        assert partials, "no hx-get partial found in the dashboard"
-        for path in partials:
+        polled = re.findall(r'hx-get="([^"]*/partials[^"]*)"', dashboard.text)
+        assert polled, "no polled partial found in the dashboard"
+        partials = {*polled, *(f"/monitor/partials/{name}" for name in views.PANEL_NAMES)}
+        for path in sorted(partials):
             keep(f"partial {path}", "GET", path, 200)
     for label, path in (
         ("metrics", "/metrics"),

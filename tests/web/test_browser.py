@@ -59,6 +59,10 @@ def test_vendored_htmx_loads_and_panels_poll_without_reload(
         conn.exec_driver_sql("ROLLBACK")
     expect(held).to_contain_text("Nothing checked out", timeout=8_000)
     assert page.evaluate("window.__sameDocument") is True, "the page reloaded instead of polling"
+    # Every panel came through one request per poll, none through a request of its own.
+    polls = [url for url in requested if url == f"{base_url}/monitor/partials"]
+    assert len(polls) >= 2, requested
+    assert not [url for url in requested if "/monitor/partials/" in url], requested
 
 
 def test_demo_buttons_leak_then_release(

@@ -17,7 +17,7 @@ from monitor.app import create_app
 from monitor.settings import Settings
 from monitor.web import views
 from monitor.web.install import add_monitor_routes
-from monitor.web.routes import HTMX_SRI, POLL_TRIGGER
+from monitor.web.routes import HTMX_SRI, POLL_TRIGGER, poll_target
 from tests.servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +28,16 @@ TOKEN = "t0ken-with-some-length-1234"
 
 def _polled_elements(html: str) -> list[str]:
     return re.findall(r"<[a-z]+[^>]*\bhx-get=[^>]*>", html)
+
+
+def _oob_parts(html: str) -> dict[str, str]:
+    """The combined poll's answer as target id -> the HTML swapped into it."""
+    pieces = re.split(r'<div id="([a-z-]+)" hx-swap-oob="innerHTML">', html)
+    assert pieces[0].strip() == "", "text outside the out-of-band parts"
+    return {
+        target: part.rstrip().removesuffix("</div>")
+        for target, part in zip(pieces[1::2], pieces[2::2], strict=True)
+    }
 
 
 def test_dashboard_and_partials_show_a_held_connection(client: TestClient) -> None:
@@ -55,6 +65,9 @@ def test_dashboard_and_partials_show_a_held_connection(client: TestClient) -> No
         leaks = client.get("/monitor/partials/leaks")
         assert 'id="leaks-current"' in leaks.text and "idle in transaction" in leaks.text
         assert "pool-monitor-app" in client.get("/monitor/partials/server").text
+        combined = _oob_parts(client.get("/monitor/partials").text)
+        assert f">{pid}<" in combined[poll_target("held")]
+        assert "idle in transaction" in combined[poll_target("leaks")]
         for url in PARTIALS:
             response = client.get(url)
             assert response.status_code == 200, url
@@ -63,15 +76,22 @@ def test_dashboard_and_partials_show_a_held_connection(client: TestClient) -> No
     assert "Nothing checked out right now." in client.get("/monitor/partials/held").text
 
 
-def test_every_panel_polls_itself_with_its_own_swap(client: TestClient) -> None:
+def test_one_request_polls_every_panel_by_id(client: TestClient) -> None:
     html = client.get("/monitor/").text
     polled = _polled_elements(html)
-    assert len(polled) == len(views.PANEL_NAMES)
-    for element in polled:
-        assert f'hx-trigger="{POLL_TRIGGER}"' in element.replace("&#39;", "'"), element
-        assert 'hx-swap="innerHTML"' in element and 'hx-target="this"' in element, element
-    gets = {url for element in polled for url in re.findall(r'hx-get="([^"]+)"', element)}
-    assert gets == set(PARTIALS)
+    assert len(polled) == 1, polled
+    poller = polled[0]
+    assert f'hx-trigger="{POLL_TRIGGER}"' in poller.replace("&#39;", "'"), poller
+    assert 'hx-get="/monitor/partials"' in poller and 'hx-swap="none"' in poller, poller
+
+    response = client.get("/monitor/partials")
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
+    parts = _oob_parts(response.text)
+    assert list(parts) == [poll_target(name) for name in views.PANEL_NAMES]
+    for target, part in parts.items():
+        # Each part lands in exactly one element of the page, and brings a panel, not an error.
+        assert html.count(f'id="{target}"') == 1, target
+        assert part.strip() and "Monitor data unavailable" not in part, target
 
 
 def test_unknown_panel_is_404(client: TestClient) -> None:
@@ -133,6 +153,10 @@ def test_without_a_monitor_the_pages_degrade() -> None:
         page = client.get("/monitor/")
         assert page.status_code == 200 and "Monitor data unavailable" in page.text
         assert "The monitor is not running" in page.text
+        combined = _oob_parts(client.get("/monitor/partials").text)
+        assert list(combined) == [poll_target(name) for name in views.PANEL_NAMES]
+        for part in combined.values():
+            assert "The monitor is not running" in part
         for url in PARTIALS:
             response = client.get(url)
             assert response.status_code == 200 and "Monitor data unavailable" in response.text
@@ -146,7 +170,9 @@ def token_client(app_settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.mark.parametrize("url", ["/monitor/", "/monitor/partials/held", "/monitor/api/snapshot"])
+@pytest.mark.parametrize(
+    "url", ["/monitor/", "/monitor/partials", "/monitor/partials/held", "/monitor/api/snapshot"]
+)
 def test_token_required_when_configured(token_client: TestClient, url: str) -> None:
     refused = token_client.get(url)
     assert refused.status_code == 401
@@ -171,6 +197,7 @@ def test_token_query_parameter_trades_for_a_cookie(token_client: TestClient) -> 
     # The client keeps the cookie: the dashboard and its partials now answer without a header.
     assert token_client.get("/monitor/").status_code == 200
     assert token_client.get("/monitor/partials/held").status_code == 200
+    assert token_client.get("/monitor/partials").status_code == 200
     token_client.cookies.clear()
     assert token_client.get("/monitor/partials/held").status_code == 401
     # Static assets hold no data and stay public.
@@ -190,6 +217,11 @@ def test_a_failing_panel_still_answers_200(
     assert held.status_code == 200 and "failed to render (RuntimeError)" in held.text
     slow = client.get("/monitor/partials/slow")
     assert slow.status_code == 200 and "failed to render (UndefinedError)" in slow.text
+    # In the combined poll each failure spoils its own part only.
+    parts = _oob_parts(client.get("/monitor/partials").text)
+    assert "failed to render (RuntimeError)" in parts[poll_target("held")]
+    assert "failed to render (UndefinedError)" in parts[poll_target("slow")]
+    assert "failed to render" not in parts[poll_target("rules")]
     monkeypatch.setitem(views.BUILDERS, "slow", views.build_slow)
     page = client.get("/monitor/")
     assert page.status_code == 200

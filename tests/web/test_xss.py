@@ -32,7 +32,11 @@ POOL_SQL = f'SELECT 1 AS "{SCRIPT}", pg_sleep(0.3)'  # slower than slow_query_s:
 ESCAPED_SCRIPT = "&lt;script&gt;alert(1)&lt;/script&gt;"
 ESCAPED_APP = "&#34;&gt;&lt;svg onload=alert(1)&gt;"
 RAW = ("<script>alert", "<svg onload", "<img src=x", "onerror=alert")
-PAGES = ["/monitor/", *(f"/monitor/partials/{name}" for name in views.PANEL_NAMES)]
+PAGES = [
+    "/monitor/",
+    "/monitor/partials",
+    *(f"/monitor/partials/{name}" for name in views.PANEL_NAMES),
+]
 
 
 @pytest.fixture
@@ -96,8 +100,8 @@ def test_pages_and_partials_escape_session_metadata(
         assert response.status_code == 200, page
         for raw in RAW:
             assert raw not in response.text, f"{raw!r} unescaped in {page}"
-    dashboard = bodies["/monitor/"].text
-    assert ESCAPED_SCRIPT in dashboard and ESCAPED_APP in dashboard
+    for page in ("/monitor/", "/monitor/partials"):
+        assert ESCAPED_SCRIPT in bodies[page].text and ESCAPED_APP in bodies[page].text, page
     for panel in ("held", "slow", "orphans"):
         assert ESCAPED_SCRIPT in bodies[f"/monitor/partials/{panel}"].text, panel
     for panel in ("server", "orphans"):
