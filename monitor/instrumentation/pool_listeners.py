@@ -6,6 +6,8 @@ Checkout and checkin happen on every request, and SQLAlchemy's event dispatch al
   exists for it), and where the checked-out record is known;
 - each record's `checkin` is wrapped on the record instance, where SQLAlchemy still holds the
   weak reference to the checkout's proxy: dead means the garbage collector returned it;
+- the pool's `_invoke_creator` (the DBAPI connect, for a new slot or a reconnect of an old one)
+  is wrapped to note when connecting started; the `connect` listener times the creation from it;
 - connect, invalidate, soft_invalidate, close, detach and close_detached stay listeners.
 Everything is reversible (`detach()`), and nothing here ever raises into the application.
 """
@@ -20,7 +22,8 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import Pool
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 from monitor.instrumentation.backend import backend_pid
 from monitor.instrumentation.guard import FailureGuard
@@ -32,6 +35,8 @@ SLOT_KEY = "pool_monitor.slot"  # in record_info, for the rare events
 SLOT_ATTR = "_pool_monitor_slot"  # on the record once adopted; the checkout path reads it by name
 # Set by the async-only reset listener when the garbage collector is cleaning a connection up.
 GC_KEY = "pool_monitor.gc"
+# When the record's DBAPI connect started (tracker clock), until the `connect` listener reads it.
+CONNECTING_KEY = "pool_monitor.connecting_since"
 
 
 class PoolListeners:
@@ -75,8 +80,11 @@ class PoolListeners:
         self._registered.clear()
         self._engine.__dict__.pop("dispose", None)
         for pool in list(self._wrapped_pools):
-            for name in ("_do_get", "_create_connection"):
-                pool.__dict__.pop(name, None)
+            pool.__dict__.pop("_do_get", None)
+            # `_invoke_creator` is SQLAlchemy's own instance attribute: put the original back.
+            original = getattr(pool.__dict__.get("_invoke_creator"), "__wrapped__", None)
+            if original is not None:
+                pool._invoke_creator = original
         for record in list(self._wrapped_records):
             for name in ("checkin", SLOT_ATTR):
                 record.__dict__.pop(name, None)
@@ -89,12 +97,13 @@ class PoolListeners:
     # ---- the hot path: wrappers -------------------------------------------------------------
 
     def _wrap_pool(self, pool: Pool) -> None:
-        """Shadow `_do_get` (waiting, checkout) and `_create_connection` on the pool instance."""
+        """Shadow `_do_get` (waiting, checkout) and `_invoke_creator` (connecting) on the pool
+        instance."""
         if pool in self._wrapped_pools:
             return
         tracker = self._tracker
         do_get = pool._do_get
-        create_connection = pool._create_connection
+        invoke_creator = pool._invoke_creator
         clock = tracker.clock  # one clock for the wait and the checkout time
         checkout = tracker.checkout
         adopt = self._adopt
@@ -140,17 +149,20 @@ class PoolListeners:
                 guard.failed("checkout")
             return record
 
-        def _create_connection() -> Any:
-            started = clock()
-            record = create_connection()
+        # A new slot and a reconnect of an old one (after an invalidation, a recycle or a failed
+        # pre-ping) both connect here; `_create_connection` would see new slots only.
+        def _invoke_creator(rec: ConnectionPoolEntry) -> DBAPIConnection:
             try:
-                tracker.create_time.observe(clock() - started)
+                info = rec.record_info
+                if info is not None:
+                    info[CONNECTING_KEY] = clock()
             except Exception:
                 guard.failed("create")
-            return record
+            return invoke_creator(rec)
 
+        _invoke_creator.__wrapped__ = invoke_creator  # type: ignore[attr-defined]
         pool._do_get = _do_get  # type: ignore[method-assign]
-        pool._create_connection = _create_connection  # type: ignore[method-assign]
+        pool._invoke_creator = _invoke_creator
         self._wrapped_pools.add(pool)
 
     def _adopt(self, record: Any) -> Slot:
@@ -195,8 +207,13 @@ class PoolListeners:
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         try:
-            record.record_info.pop(GC_KEY, None)  # a new connection: no cleanup pending for it
-            self._tracker.connected(self._slot(record), backend_pid(dbapi_connection), None)
+            info = record.record_info
+            info.pop(GC_KEY, None)  # a new connection: no cleanup pending for it
+            # From the driver's connect to here: the dialect's connect setup (it listens first;
+            # on a pool's first connection it queries the server) is part of the creation.
+            started = info.pop(CONNECTING_KEY, None)
+            create_s = self._tracker.clock() - started if started is not None else None
+            self._tracker.connected(self._slot(record), backend_pid(dbapi_connection), create_s)
         except Exception:
             self._guard.failed("connect")
 

@@ -81,6 +81,21 @@ def test_invalidate_then_gc_keeps_the_books(engine: Engine, monitor: PoolMonitor
         assert conn.scalar(text("SELECT 1")) == 1
 
 
+def test_create_time_counts_reconnects_of_an_existing_slot(
+    engine: Engine, monitor: PoolMonitor
+) -> None:
+    with engine.connect() as conn:
+        conn.connection._connection_record.invalidate()  # type: ignore[union-attr]
+    with engine.connect() as conn:  # the same slot connects again
+        assert conn.scalar(text("SELECT 1")) == 1
+    snapshot = monitor.pool_snapshot()
+    assert snapshot.counters.connects == 2 and len(snapshot.connections) == 1
+    assert snapshot.create_time.count == 2
+    # Each creation took a real connect (well above zero, well below the test's patience).
+    assert 0 < snapshot.create_time.sum < 10
+    assert snapshot.counters.listener_errors == 0
+
+
 def test_pool_timeout_is_counted_with_the_holders(engine: Engine, monitor: PoolMonitor) -> None:
     held = [engine.connect() for _ in range(4)]  # pool_size 3 + overflow 1
     try:
@@ -187,12 +202,15 @@ def test_dispose_keeps_the_acquire_wrapper(engine: Engine, monitor: PoolMonitor)
 
 
 def test_detach_removes_every_hook(engine: Engine) -> None:
+    creator = engine.pool._invoke_creator
     pool_monitor = PoolMonitor(engine, probe=False)
     pool_monitor.detach()
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
-    assert pool_monitor.pool_snapshot().counters.checkouts == 0
+    snapshot = pool_monitor.pool_snapshot()
+    assert snapshot.counters.checkouts == 0 and snapshot.create_time.count == 0
     assert "_do_get" not in vars(engine.pool)
+    assert engine.pool._invoke_creator is creator
     assert "do_execute" not in vars(engine.dialect)
 
 
