@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from monitor.state.view import MonitorView
 from monitor.web import views
 from monitor.web.history import GaugeHistory
+from monitor.web.render_context import RenderContext
 from monitor.web.templating import asset_dir, get_templates
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def _history(app: Any) -> GaugeHistory:
         return history
 
 
-def _context(request: Request, view: MonitorView) -> views.RenderContext:
+def _context(request: Request, view: MonitorView) -> RenderContext:
     """Record this render's gauges (at most once a second) and return what builders need."""
     history = _history(request.app)
     stats = view.pool_stats
@@ -129,7 +130,7 @@ def _context(request: Request, view: MonitorView) -> views.RenderContext:
         pending=view.pool.pending_requests,
         wait_counts=view.pool.wait_time.cumulative_counts,
     )
-    return views.RenderContext(
+    return RenderContext(
         cwd=os.getcwd(),
         samples=history.samples(),
         samples_now=history.now(),
@@ -165,7 +166,7 @@ def _monitor_view(request: Request) -> tuple[MonitorView | None, str | None]:
     return view, None
 
 
-def _build(name: str, view: MonitorView, ctx: views.RenderContext) -> tuple[object, str | None]:
+def _build(name: str, view: MonitorView, ctx: RenderContext) -> tuple[object, str | None]:
     try:
         return views.build_panel(name, view, ctx), None
     except Exception as exc:

@@ -1,34 +1,43 @@
 """Pure view-model builders: a `MonitorView` in, already-formatted strings and numbers out.
 
-Templates only loop and test; every unit, age and status label is decided here. No I/O, no clock.
+Templates only loop and test; every unit, age and status label is decided here or in
+`formatting`. No I/O, no clock. The pool's panels live here, the server's in `server_panels`;
+`BUILDERS` names them all.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from monitor.state.holders import Holder
 from monitor.state.records import LeakClass
-from monitor.state.server import (
-    ACTIVITY_STATES,
-    CLIENT_BACKEND,
-    Backend,
-    ServerSample,
-    blocked_sessions,
-    sessions_by_state,
-)
-from monitor.state.sites import Frame
 from monitor.state.view import MonitorView
-from monitor.web.history import DEFAULT_WINDOW_S, GaugeSample
+from monitor.web.formatting import (
+    NOTHING,
+    STATUS_LABELS,
+    Fact,
+    SiteFrame,
+    Sparkline,
+    ago,
+    bound_label,
+    clock_time,
+    duration,
+    holder_label,
+    pid_text,
+    quantile,
+    request_id_label,
+    site_frames,
+    site_summary,
+    sparkline,
+    wait_event_text,
+    worst_status,
+)
+from monitor.web.history import GaugeSample
+from monitor.web.render_context import RenderContext
+from monitor.web.server_panels import build_blocking, build_orphans, build_server
 
-NOTHING = "—"
-STATUS_LABELS = {"ok": "OK", "warn": "Warning", "fail": "Failing", "unknown": "Unknown"}
-_STATUS_RANK = {"ok": 0, "unknown": 1, "warn": 2, "fail": 3}
 LEAK_LABELS = {
     LeakClass.IDLE_IN_TRANSACTION: "idle in transaction",
     LeakClass.IDLE: "idle but held",
@@ -41,179 +50,6 @@ LEAK_STATUS = {
     LeakClass.ACTIVE: "warn",
     LeakClass.UNKNOWN: "warn",
 }
-_ALWAYS_SHOWN_STATES = ("active", "idle", "idle in transaction")
-SPARK_WIDTH = 120
-SPARK_HEIGHT = 28
-# A fresh history would otherwise squeeze its few samples into the right edge of ten minutes.
-MIN_SHOWN_WINDOW_S = 60.0
-
-
-# ---- formatting ------------------------------------------------------------------------------
-
-
-def duration(seconds: float | None) -> str:
-    """Human duration: "0.4 ms", "12 ms", "1.2 s", "2 min 05 s", "1 h 02 min", "3 d 4 h"."""
-    if seconds is None or math.isnan(seconds):
-        return NOTHING
-    if math.isinf(seconds):
-        return "∞"
-    seconds = max(0.0, seconds)
-    if seconds < 0.0001:
-        return "< 0.1 ms"
-    if seconds < 0.0095:
-        return f"{seconds * 1000:.1f}".removesuffix(".0") + " ms"
-    if seconds < 0.9995:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 59.95:
-        return f"{seconds:.1f} s"
-    whole = int(seconds + 0.5)
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    if whole < 86400:
-        return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
-    return f"{whole // 86400} d {whole % 86400 // 3600} h"
-
-
-def ago(at: float | None, now: float, never: str = "never") -> str:
-    """ "3.0 s ago" relative to `now` (both unix times); `never` when there is no instant."""
-    if at is None:
-        return never
-    return f"{duration(now - at)} ago"
-
-
-def clock_time(at: float) -> str:
-    """UTC wall-clock time of a unix instant: the server's and the reader's zones may differ."""
-    return time.strftime("%H:%M:%S UTC", time.gmtime(at))
-
-
-def percent(ratio: float | None) -> str:
-    return NOTHING if ratio is None else f"{ratio:.0%}"
-
-
-def bound_label(bound: float | None, finite_bounds: Sequence[float] = ()) -> str:
-    """A histogram bucket bound as an estimate: "≤ 5 ms", or "> 10 s" for the +Inf bucket."""
-    if bound is None:
-        return NOTHING
-    if math.isinf(bound):
-        largest = max((b for b in finite_bounds if not math.isinf(b)), default=None)
-        return f"> {duration(largest)}" if largest is not None else "unbounded"
-    return f"≤ {duration(bound)}"
-
-
-def short_path(filename: str, cwd: str = "") -> str:
-    """A source path as a reader wants it: relative to the working directory or site-packages."""
-    if cwd:
-        prefix = cwd.rstrip(os.sep) + os.sep
-        if filename.startswith(prefix):
-            return filename[len(prefix) :]
-    for marker in ("site-packages" + os.sep, "dist-packages" + os.sep):
-        index = filename.rfind(marker)
-        if index >= 0:
-            return filename[index + len(marker) :]
-    return filename
-
-
-def quantile(bounds: Sequence[float], cumulative: Sequence[int], q: float) -> float | None:
-    """Upper bound of the bucket holding quantile q of cumulative bucket counts (None if empty)."""
-    if not cumulative or cumulative[-1] <= 0:
-        return None
-    rank = q * cumulative[-1]
-    for bound, count in zip(bounds, cumulative, strict=False):
-        if count >= rank:
-            return bound
-    return bounds[-1] if bounds else None
-
-
-# ---- shared pieces ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SiteFrame:
-    location: str  # "app/routes.py:42"
-    function: str
-    source: str
-
-
-@dataclass(frozen=True, slots=True)
-class Sparkline:
-    """Inline SVG geometry: `line` for a polyline, `area` for the filled polygon under it."""
-
-    line: str
-    area: str
-    width: int
-    height: int
-    title: str
-
-
-@dataclass(frozen=True, slots=True)
-class RenderContext:
-    """What a builder needs besides the view: where paths are relative to, recent gauge samples."""
-
-    cwd: str = ""
-    samples: tuple[GaugeSample, ...] = ()
-    samples_now: float = 0.0  # the history's clock at render time
-    window_s: float = DEFAULT_WINDOW_S
-
-    @property
-    def shown_window_s(self) -> float:
-        """The sparklines' time span: what the history holds, at least a minute, at most the window."""
-        held = self.samples_now - self.samples[0].at if self.samples else 0.0
-        return min(self.window_s, max(MIN_SHOWN_WINDOW_S, held))
-
-
-def site_frames(site: Iterable[Frame], cwd: str = "") -> tuple[SiteFrame, ...]:
-    return tuple(
-        SiteFrame(f"{short_path(f.filename, cwd)}:{f.lineno}", f.function, f.source) for f in site
-    )
-
-
-def site_summary(site: Sequence[SiteFrame]) -> str:
-    """The first frame with a real source file: generated code (`<string>`) says nothing."""
-    for frame in site:
-        if not frame.location.startswith("<"):
-            return frame.location
-    return site[0].location if site else "site not captured"
-
-
-def holder_label(holder: Holder | None) -> str:
-    if holder is None:
-        return NOTHING
-    return holder.route if holder.kind == "request" else f"{holder.route} (no request)"
-
-
-def request_id_label(holder: Holder | None) -> str:
-    return (holder.request_id if holder is not None else None) or NOTHING
-
-
-def worst_status(statuses: Iterable[str]) -> str:
-    return max(statuses, key=lambda s: _STATUS_RANK.get(s, 1), default="ok")
-
-
-def sparkline(
-    points: Sequence[tuple[float, float]],
-    *,
-    window_s: float,
-    now: float,
-    title: str,
-    width: int = SPARK_WIDTH,
-    height: int = SPARK_HEIGHT,
-) -> Sparkline | None:
-    """Points (time, value) placed by age across the window, scaled to the largest value."""
-    if len(points) < 2 or window_s <= 0:
-        return None
-    top = max(value for _, value in points)
-    scale = top if top > 0 else 1.0
-    pad = 2.0
-    coords = []
-    for at, value in points:
-        x = width * (1.0 - min(max(now - at, 0.0), window_s) / window_s)
-        y = height - pad - (max(value, 0.0) / scale) * (height - 2 * pad)
-        coords.append(f"{x:.1f},{y:.1f}")
-    first_x = coords[0].split(",")[0]
-    last_x = coords[-1].split(",")[0]
-    line = " ".join(coords)
-    area = f"{first_x},{height} {line} {last_x},{height}"
-    return Sparkline(line, area, width, height, title)
 
 
 # ---- status and banner -----------------------------------------------------------------------
@@ -298,12 +134,6 @@ class GaugeTile:
     @property
     def status_label(self) -> str:
         return STATUS_LABELS.get(self.status, self.status)
-
-
-@dataclass(frozen=True, slots=True)
-class Fact:
-    label: str
-    value: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,7 +317,7 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
         )  # fmt: skip
         if backend is not None:
             server_state = backend.state or NOTHING
-            wait_event = _wait_event(backend)
+            wait_event = wait_event_text(backend)
             xact_age = (
                 "no transaction" if backend.xact_age_s is None else duration(backend.xact_age_s)
             )
@@ -501,7 +331,7 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
             HeldRow(
                 key=f"held-{conn.slot_id}-{conn.checkouts}",
                 slot=conn.slot_id,
-                pid=_pid(conn.pid),
+                pid=pid_text(conn.pid),
                 route=holder_label(conn.holder),
                 request_id=request_id_label(conn.holder),
                 age=duration(conn.held_for_s),
@@ -527,16 +357,6 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
         f"a connection held longer than {duration(view.pool.leak_threshold_s)} is a suspected leak"
     )
     return HeldPanel(tuple(rows), summary, note)
-
-
-def _pid(pid: int | None) -> str:
-    return NOTHING if pid is None else str(pid)
-
-
-def _wait_event(backend: Backend) -> str:
-    if backend.wait_event_type and backend.wait_event:
-        return f"{backend.wait_event_type}: {backend.wait_event}"
-    return backend.wait_event or backend.wait_event_type or NOTHING
 
 
 # ---- leaks -----------------------------------------------------------------------------------
@@ -618,7 +438,7 @@ def build_leaks(view: MonitorView, ctx: RenderContext) -> LeaksPanel:
                 leak=LEAK_LABELS[leak.leak_class],
                 status=LEAK_STATUS[leak.leak_class],
                 slot=leak.slot_id,
-                pid=_pid(leak.pid),
+                pid=pid_text(leak.pid),
                 route=holder_label(leak.holder),
                 request_id=request_id_label(leak.holder),
                 held=duration(leak.held_for_s),
@@ -638,7 +458,7 @@ def build_leaks(view: MonitorView, ctx: RenderContext) -> LeaksPanel:
                 leak=LEAK_LABELS[leak.leak_class],
                 status="ok" if how == "returned" else "warn",
                 slot=leak.slot_id,
-                pid=_pid(leak.pid),
+                pid=pid_text(leak.pid),
                 route=holder_label(leak.holder),
                 request_id=request_id_label(leak.holder),
                 held=duration(leak.held_for_s),
@@ -706,7 +526,7 @@ def build_timeouts(view: MonitorView, ctx: RenderContext) -> TimeoutsPanel:
             holders=tuple(
                 TimeoutHolder(
                     slot=holder.slot_id,
-                    pid=_pid(holder.pid),
+                    pid=pid_text(holder.pid),
                     route=holder_label(holder.holder),
                     held=duration(holder.held_for_s),
                     site_summary=site_summary(site_frames(holder.site, ctx.cwd)),
@@ -755,225 +575,6 @@ def build_slow(view: MonitorView, ctx: RenderContext) -> SlowPanel:
         for group in view.pool.slow_queries
     )
     return SlowPanel(rows, duration(view.pool.slow_query_s), view.pool.counters.slow_queries)
-
-
-# ---- server sessions and capacity ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CountRow:
-    label: str
-    count: int
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class CapacityView:
-    used: str  # "12 of 97 connections"
-    used_pct: int | None
-    pool_share: str
-    warning: str | None
-    status: str
-    status_label: str
-
-
-@dataclass(frozen=True, slots=True)
-class ServerPanel:
-    available: bool  # a sample exists (possibly stale)
-    stale: str | None  # why the numbers are old, when they are
-    database: str
-    by_state: tuple[CountRow, ...]
-    by_application: tuple[CountRow, ...]
-    capacity: CapacityView
-    settings: tuple[Fact, ...]
-
-
-def _capacity(view: MonitorView) -> CapacityView:
-    cap = view.capacity
-    if cap.server_available is None or cap.server_sessions is None:
-        return CapacityView(
-            "unknown until the first probe", None, f"this pool may open {cap.pool_max}",
-            None, "unknown", STATUS_LABELS["unknown"],
-        )  # fmt: skip
-    status = "ok"
-    if (cap.pool_share_ratio or 0) > 1 or (cap.used_ratio or 0) >= 0.9:
-        status = "fail"
-    elif cap.warning:
-        status = "warn"
-    return CapacityView(
-        used=(
-            f"{cap.server_sessions} of {cap.server_available} connections in use, "
-            f"{max(0, cap.server_available - cap.server_sessions)} free"
-        ),
-        used_pct=None if cap.used_ratio is None else max(0, min(100, round(cap.used_ratio * 100))),
-        pool_share=(
-            f"this pool may open {cap.pool_max} ({percent(cap.pool_share_ratio)} of the server)"
-        ),
-        warning=cap.warning,
-        status=status,
-        status_label=STATUS_LABELS[status],
-    )
-
-
-def _client_backends(sample: ServerSample) -> list[Backend]:
-    return [b for b in sample.backends if b.backend_type == CLIENT_BACKEND]
-
-
-def build_server(view: MonitorView, ctx: RenderContext) -> ServerPanel:
-    sample = view.server.last_sample
-    capacity = _capacity(view)
-    if sample is None:
-        return ServerPanel(False, None, NOTHING, (), (), capacity, ())
-    stale = None
-    if not view.server.up:
-        stale = (
-            f"stale: last successful probe {ago(view.server.last_success_at, view.pool.taken_at)}"
-        )
-    counts = sessions_by_state(sample)
-    by_state = tuple(
-        CountRow(state, count)
-        for (_, state), count in sorted(
-            counts.items(),
-            key=lambda item: (
-                ACTIVITY_STATES.index(item[0][1]) if item[0][1] in ACTIVITY_STATES else 99
-            ),
-        )
-        if count > 0 or state in _ALWAYS_SHOWN_STATES
-    )
-    apps: dict[str, dict[str, int]] = {}
-    for backend in _client_backends(sample):
-        name = backend.application_name or "(no application_name)"
-        states = apps.setdefault(name, {})
-        state = backend.state or "unknown"
-        states[state] = states.get(state, 0) + 1
-    by_application = tuple(
-        CountRow(name, sum(states.values()), ", ".join(f"{n} {s}" for s, n in states.items()))
-        for name, states in sorted(apps.items(), key=lambda item: -sum(item[1].values()))
-    )
-    s = sample.settings
-    settings = (
-        Fact("server", f"PostgreSQL {s.server_version}"),
-        Fact("max_connections", str(s.max_connections)),
-        Fact("reserved", str(s.superuser_reserved_connections + s.reserved_connections)),
-        Fact("statement_timeout", _timeout(s.statement_timeout_s)),
-        Fact("idle_in_transaction_session_timeout", _timeout(s.idle_in_transaction_session_timeout_s)),
-        Fact("idle_session_timeout", _timeout(s.idle_session_timeout_s)),
-        Fact("transaction_timeout", _timeout(s.transaction_timeout_s)),
-    )  # fmt: skip
-    return ServerPanel(True, stale, sample.database, by_state, by_application, capacity, settings)
-
-
-def _timeout(seconds: float | None) -> str:
-    return "off" if seconds is None else duration(seconds)
-
-
-# ---- blocked and blocking sessions -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRow:
-    pid: str
-    application: str
-    user: str
-    state: str
-    wait_event: str
-    age: str  # how long in this state (blocked) or in the transaction (blocker)
-    blocked_by: str
-    owner: str  # the pool holder's route when the backend is one of our connections
-    query: str
-
-
-@dataclass(frozen=True, slots=True)
-class BlockingPanel:
-    available: bool
-    blocked: tuple[SessionRow, ...]
-    blocking: tuple[SessionRow, ...]
-
-
-def _owners(view: MonitorView) -> dict[int, str]:
-    return {
-        h.connection.pid: holder_label(h.connection.holder)
-        for h in view.held
-        if h.connection.pid is not None
-    }
-
-
-def _session_row(backend: Backend, owners: dict[int, str], age: float | None) -> SessionRow:
-    return SessionRow(
-        pid=str(backend.pid),
-        application=backend.application_name or NOTHING,
-        user=backend.usename or NOTHING,
-        state=backend.state or NOTHING,
-        wait_event=_wait_event(backend),
-        age=duration(age),
-        blocked_by=", ".join(str(pid) for pid in backend.blocked_by) or NOTHING,
-        owner=owners.get(backend.pid, NOTHING),
-        query=backend.query or NOTHING,
-    )
-
-
-def build_blocking(view: MonitorView, ctx: RenderContext) -> BlockingPanel:
-    sample = view.server.last_sample if view.server.up else None
-    if sample is None:
-        return BlockingPanel(False, (), ())
-    owners = _owners(view)
-    blocked = blocked_sessions(sample)
-    blocker_pids = sorted({pid for backend in blocked for pid in backend.blocked_by})
-    by_pid = {backend.pid: backend for backend in sample.backends}
-    blocking = []
-    for pid in blocker_pids:
-        backend = by_pid.get(pid)
-        if backend is None:  # in another database: only the pid is known
-            blocking.append(
-                SessionRow(str(pid), NOTHING, NOTHING, "other database", NOTHING, NOTHING,
-                           NOTHING, owners.get(pid, NOTHING), NOTHING)
-            )  # fmt: skip
-        else:
-            blocking.append(_session_row(backend, owners, backend.xact_age_s))
-    return BlockingPanel(
-        True,
-        tuple(_session_row(b, owners, b.state_age_s) for b in blocked),
-        tuple(blocking),
-    )
-
-
-# ---- orphans and phantoms --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PhantomRow:
-    slot: int
-    pid: str
-    connected: str
-    checked_out: str
-    route: str
-
-
-@dataclass(frozen=True, slots=True)
-class OrphansPanel:
-    available: bool
-    orphans: tuple[SessionRow, ...]
-    phantoms: tuple[PhantomRow, ...]
-
-
-def build_orphans(view: MonitorView, ctx: RenderContext) -> OrphansPanel:
-    if not view.server.up:
-        return OrphansPanel(False, (), ())
-    now = view.pool.taken_at
-    return OrphansPanel(
-        True,
-        tuple(_session_row(b, {}, b.backend_age_s) for b in view.orphans),
-        tuple(
-            PhantomRow(
-                slot=c.slot_id,
-                pid=_pid(c.pid),
-                connected=ago(c.connected_at, now),
-                checked_out="yes" if c.checked_out else "no",
-                route=holder_label(c.holder),
-            )
-            for c in view.phantoms
-        ),
-    )
 
 
 # ---- rules and probe -------------------------------------------------------------------------
