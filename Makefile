@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dashboard_poll.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/overhead_inprocess.py
+	$(BIN)/python bench/overhead_bytecodes.py
 	if command -v valgrind >/dev/null; then $(BIN)/python bench/overhead_instructions.py; \
 	else echo "bench/overhead_instructions.py skipped: no valgrind"; fi
 

@@ -25,10 +25,16 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("scrape.py", "median full scrape"),
         ("checkout.py", "(b)"),
         ("dashboard_poll.py", "per panel / combined"),
+        ("overhead_bytecodes.py", "monitor/state/tracker.py"),
     ],
 )
 def test_benchmark_runs(script: str, expected: str, database_url: URL) -> None:
-    env = {**os.environ, "BENCH_ROUNDS": "3", "DATABASE_URL": url_string(database_url)}
+    env = {
+        **os.environ,
+        "BENCH_ROUNDS": "3",
+        "BENCH_REQUESTS": "10",
+        "DATABASE_URL": url_string(database_url),
+    }
     result = subprocess.run(
         [sys.executable, str(BENCH / script)], env=env, capture_output=True, text=True, timeout=220
     )
