@@ -28,6 +28,9 @@ HTMX_CDN = f"https://cdn.jsdelivr.net/npm/htmx.org@{HTMX_VERSION}/dist/htmx.min.
 # sha384 of npm htmx.org@2.0.11 dist/htmx.min.js; a test checks the vendored copy matches it.
 HTMX_SRI = "sha384-2OatzQy1H+Zd/IIrjr1TcuDGqLXeHhbooAyJY1KdQMKnr4LZ22k31GBLdYKHmVjg"
 POLL_TRIGGER = "every 2s [document.visibilityState === 'visible']"
+# A poll that gets no answer within this is given up (and shown as such): htmx waits for ever
+# otherwise, and drops every later poll while one is in flight.
+POLL_TIMEOUT_MS = 10_000
 TOKEN_COOKIE = "pool_monitor_session"
 HISTORY_ATTR = "monitor_gauge_history"
 
@@ -149,6 +152,7 @@ def _page_globals(request: Request) -> dict[str, Any]:
         "htmx_sri": HTMX_SRI,
         "htmx_local": f"{base}/static/vendor/htmx-{HTMX_VERSION}.min.js",
         "poll_trigger": POLL_TRIGGER,
+        "poll_timeout_ms": POLL_TIMEOUT_MS,
         "poll_target": poll_target,
     }
 

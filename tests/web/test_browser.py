@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from fastapi import FastAPI
 
 from monitor.app import create_app
 from monitor.settings import Settings
+from monitor.web.routes import POLL_TIMEOUT_MS
 from tests.servers import wait_for
 from tests.web.conftest import serve
 
@@ -63,6 +65,45 @@ def test_vendored_htmx_loads_and_panels_poll_without_reload(
     polls = [url for url in requested if url == f"{base_url}/monitor/partials"]
     assert len(polls) >= 2, requested
     assert not [url for url in requested if "/monitor/partials/" in url], requested
+
+
+def test_a_failed_poll_is_shown_until_one_succeeds(
+    app_settings: Settings, new_page: Callable[[], Any]
+) -> None:
+    from playwright.sync_api import expect
+
+    token = "browser-test-token-0123456789"
+    app = create_app(app_settings.model_copy(update={"dashboard_token": token}))
+    with serve(app) as base_url:
+        page = new_page()
+        page.goto(f"{base_url}/monitor/?token={token}")  # trades the token for a cookie
+        page.wait_for_function("() => window.htmx !== undefined", timeout=10_000)
+        banner = page.locator("#poll-status")
+        expect(banner).to_be_hidden()
+        cookies = page.context.cookies()
+        assert cookies, "the token did not become a session cookie"
+
+        page.context.clear_cookies()  # the server now refuses the polls: a real 401
+        expect(banner).to_be_visible(timeout=6_000)
+        expect(banner).to_contain_text("HTTP 401")
+        expect(banner).to_contain_text("token")
+        page.context.add_cookies(cookies)
+        expect(banner).to_be_hidden(timeout=6_000)
+
+        # No answer at all (the connection fails) is said too, and recovers the same way.
+        polls = f"{base_url}/monitor/partials"
+        page.route(polls, lambda route: route.abort())
+        expect(banner).to_contain_text("did not answer", timeout=6_000)
+        page.unroute(polls)
+        expect(banner).to_be_hidden(timeout=6_000)
+
+        # A poll left hanging (a stuck server) is given up after POLL_TIMEOUT_MS, not waited on.
+        page.route(polls, lambda route: None)
+        started = time.monotonic()
+        expect(banner).to_be_visible(timeout=POLL_TIMEOUT_MS + 5_000)
+        assert time.monotonic() - started >= POLL_TIMEOUT_MS / 1000 - 2.5  # one poll period early
+        expect(banner).to_contain_text("did not answer")
+        page.unroute(polls)
 
 
 def test_demo_buttons_leak_then_release(

@@ -17,7 +17,7 @@ from monitor.app import create_app
 from monitor.settings import Settings
 from monitor.web import views
 from monitor.web.install import add_monitor_routes
-from monitor.web.routes import HTMX_SRI, POLL_TRIGGER, poll_target
+from monitor.web.routes import HTMX_SRI, POLL_TIMEOUT_MS, POLL_TRIGGER, poll_target
 from tests.servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +83,7 @@ def test_one_request_polls_every_panel_by_id(client: TestClient) -> None:
     poller = polled[0]
     assert f'hx-trigger="{POLL_TRIGGER}"' in poller.replace("&#39;", "'"), poller
     assert 'hx-get="/monitor/partials"' in poller and 'hx-swap="none"' in poller, poller
+    assert f"hx-request='{{\"timeout\": {POLL_TIMEOUT_MS}}}'" in poller, poller
 
     response = client.get("/monitor/partials")
     assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
