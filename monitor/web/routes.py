@@ -214,13 +214,12 @@ def _render(request: Request, name: str, context: dict[str, Any]) -> Response:
         )
 
 
-def _fragment(name: str, models: dict[str, object], problems: dict[str, str]) -> str:
-    """One panel's HTML for the combined poll; a failure there spoils that panel only."""
+def _fragment(name: str, model: object, problem: str | None) -> str:
+    """One panel's HTML, or why it is missing; a template failure spoils this panel only."""
     env = get_templates().env
-    problem = problems.get(name)
     if problem is None:
         try:
-            return env.get_template(f"partials/_{name}.html").render(p=models[name])
+            return env.get_template(f"partials/_{name}.html").render(p=model)
         except Exception as exc:
             log.exception("dashboard template of panel %s failed", name)
             problem = _failed("panel", exc)
@@ -260,7 +259,7 @@ def every_partial(request: Request) -> Response:
     models, problems = _build_every_panel(request)
     body = "\n".join(
         f'<div id="{poll_target(name)}" hx-swap-oob="innerHTML">'
-        f"{_fragment(name, models, problems)}</div>"
+        f"{_fragment(name, models.get(name), problems.get(name))}</div>"
         for name in views.PANEL_NAMES
     )
     return HTMLResponse(body, headers=_NO_STORE)
@@ -279,9 +278,7 @@ def partial(request: Request, panel: str) -> Response:
     model: object = None
     if view is not None:
         model, problem = _build(panel, view, _context(request, view))
-    if problem is not None:
-        return _render(request, "partials/_unavailable.html", {"problem": problem})
-    return _render(request, f"partials/_{panel}.html", {"p": model})
+    return HTMLResponse(_fragment(panel, model, problem), headers=_NO_STORE)
 
 
 @router.get("/api/snapshot")
