@@ -1,9 +1,10 @@
 """What an open dashboard costs the app it watches: CPU per 2-second poll, two ways side by side.
 
 The served demo app (monitor on; the demo's leak and slow-query scenarios leave rows in the held,
-leaks and slow-query panels) is polled the way the dashboard polls it, `/monitor/partials` (every panel in one answer, swapped in
-by id), and the way it polled before, one `/monitor/partials/<panel>` request per panel. The
-app's CPU time per poll comes from /proc; rounds alternate the two ways, figures are medians.
+leaks and slow-query panels) is polled the way the dashboard polls it, `/monitor/partials`
+(every panel in one answer, swapped in by id), and the way it polled before, one
+`/monitor/partials/<panel>` request per panel. The app's CPU time per poll comes from /proc;
+rounds alternate the two ways, figures are medians.
 A CRUD read is measured in the same rounds, to put a poll in units of the app's own requests.
 Run: `.venv/bin/python bench/dashboard_poll.py` (DATABASE_URL or the local PostgreSQL).
 Env: BENCH_ROUNDS (5), BENCH_POLLS per round and way (40).
@@ -23,12 +24,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.overhead import READ, cpu_seconds, crud_cases, free_port, start_app, stop_app
+from monitor.selftest import DEMO_HEADERS
 from monitor.web.views import PANEL_NAMES
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 POLLS = int(os.environ.get("BENCH_POLLS", "40"))
 POLL_INTERVAL_S = 2.0  # the dashboard's hx-trigger
-DEMO = {"HX-Request": "true"}  # the demo routes refuse requests a page's htmx would not send
 
 
 def cpu_ms_per_call(pid: int, call: Callable[[], None], calls: int) -> float:
@@ -52,7 +53,7 @@ def main() -> None:
         with httpx.Client(base_url=base, timeout=10) as client:
             read_path = crud_cases(base, None)[READ][0]
             for path in ("/demo/leak?count=2&hold_s=600", "/demo/slow-query"):
-                response = client.post(path, headers=DEMO)
+                response = client.post(path, headers=DEMO_HEADERS)
                 if response.status_code != 200:
                     raise SystemExit(f"POST {path} answered {response.status_code}")
             measure(app.pid, client, read_path)
