@@ -25,7 +25,9 @@ Two more things bias runs on this machine, and both are handled here:
   those started after it (measured with identical apps; the cause is outside the app). The
   apps are started afresh for each of BENCH_GENERATIONS generations, all three with that
   generation's hash seed, and in another order each time (6 generations: every order once).
-  The figures are medians over every round of every generation.
+  The figures are medians over every round of every generation. Each comes with a 95%
+  interval from resampling whole generations (`bench/interval.py`) and the verdict it allows
+  against the goal: met, missed, or not resolved by this run when the interval spans the goal.
 Run: `.venv/bin/python bench/overhead.py` (needs `wrk`; DATABASE_URL or the local PostgreSQL).
 Env: BENCH_GENERATIONS (6), BENCH_ROUNDS per generation, case and way (3), BENCH_SECONDS (5),
 BENCH_LOAD (0.5).
@@ -53,6 +55,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fixed_rate import fixed_rate
+from bench.interval import bootstrap_interval, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -67,6 +70,9 @@ PIN = (
     and shutil.which("taskset") is not None
     and (os.cpu_count() or 1) >= 2
 )
+
+RATIO_GOAL = 0.97  # throughput, monitor on / off
+P99_GOAL_MS = 1.0  # p99 latency, monitor on - off
 
 READ, WRITE = "read  GET /products/{id}", "write POST /products"
 WRITE_BODY = {"name": "bench", "price": 1.5}
@@ -303,48 +309,73 @@ def run_generation(
             stop_app(process)
 
 
+def round_diffs(
+    per_app: dict[str, list[tuple[float, ...]]], app: str, field: int = 1
+) -> list[float]:
+    """Per round, the app's p99 (or another `field`) minus the monitor-off app's."""
+    pairs = zip(per_app[app], per_app["off"], strict=True)
+    return [mine[field] - off[field] for mine, off in pairs]
+
+
 def median_diff(per_app: dict[str, list[tuple[float, ...]]], app: str, field: int = 1) -> float:
     """Median over rounds of the app's p99 (or another `field`) minus the monitor-off app's."""
-    pairs = zip(per_app[app], per_app["off"], strict=True)
-    return statistics.median(mine[field] - off[field] for mine, off in pairs)
+    return statistics.median(round_diffs(per_app, app, field))
 
 
-def report_throughput(results: Results, generation_ratios: dict[str, list[float]]) -> None:
-    print("throughput, all three loaded at once by wrk (goal: ratio >= 0.97):")
+def judged(per_generation: list[list[float]], goal: float, *, at_least: bool, digits: int) -> str:
+    """The run's 95% interval for the median and its verdict against the goal."""
+    interval = bootstrap_interval(per_generation)
+    sign = "" if at_least else "+"  # a ratio, or a difference
+    low, high = (f"{bound:{sign}.{digits}f}" for bound in interval)
+    return f"{low}..{high} {verdict(interval, goal, at_least=at_least)}"
+
+
+def report_throughput(results: Results, generation_ratios: dict[str, list[list[float]]]) -> None:
     print(
-        f"  {'case':26} {'off rps':>8} {'on rps':>8} {'ratio':>6} {'control':>8} "
-        f"{'cpu/req on/off':>15}  per generation"
+        f"throughput, all three loaded at once by wrk (goal: ratio >= {RATIO_GOAL}; "
+        "95% interval over generations, and the verdict it allows):"
+    )
+    print(
+        f"  {'case':26} {'off rps':>8} {'on rps':>8} {'ratio':>6} {'95% interval, verdict':>25} "
+        f"{'control':>8} {'cpu/req on/off':>15}  per generation"
     )
     for case, per_app in results.items():
         off_rps, on_rps = (statistics.median(r[0] for r in per_app[a]) for a in ("off", "on"))
-        spread = " ".join(f"{ratio:.3f}" for ratio in generation_ratios[case])
+        per_generation = generation_ratios[case]
+        spread = " ".join(f"{statistics.median(ratios):.3f}" for ratios in per_generation)
         print(
             f"  {case:26} {off_rps:8.0f} {on_rps:8.0f} {median_ratio(per_app, 'on'):6.3f} "
+            f"{judged(per_generation, RATIO_GOAL, at_least=True, digits=3):>25} "
             f"{median_ratio(per_app, 'control'):8.3f} {median_ratio(per_app, 'on', 2):15.3f}  "
             f"{spread}"
         )
 
 
 def report_latency(
-    results: Results, generation_diffs: dict[str, list[float]], rates: dict[str, list[float]]
+    results: Results, generation_diffs: dict[str, list[list[float]]], rates: dict[str, list[float]]
 ) -> None:
     print(
-        f"latency, one app at a time at a fixed rate ({LOAD:.0%} of capacity; goal: p99 <= 1 ms):"
+        f"latency, one app at a time at a fixed rate ({LOAD:.0%} of capacity; goal: p99 diff "
+        f"<= {P99_GOAL_MS} ms):"
     )
     print(
         f"  {'case':26} {'rate/s':>7} {'off p50':>9} {'diff':>8} {'off p99':>9} {'on p99':>9} "
-        f"{'diff':>8} {'control':>8} {'cpu/req on/off':>15}  p99 diff per generation"
+        f"{'diff':>8} {'95% interval, verdict':>25} {'control':>8} {'cpu/req on/off':>15}  "
+        "p99 diff per generation"
     )
     for case, per_app in results.items():
         off_p50, off_p99, on_p99 = (
             statistics.median(r[field] for r in per_app[app])
             for app, field in (("off", 0), ("off", 1), ("on", 1))
         )
-        spread = " ".join(f"{diff:+.2f}" for diff in generation_diffs[case])
+        per_generation = generation_diffs[case]
+        spread = " ".join(f"{statistics.median(diffs):+.2f}" for diffs in per_generation)
         print(
             f"  {case:26} {statistics.median(rates[case]):7.0f} {off_p50:7.2f}ms "
             f"{median_diff(per_app, 'on', 0):+6.2f}ms {off_p99:7.2f}ms {on_p99:7.2f}ms "
-            f"{median_diff(per_app, 'on'):+6.2f}ms {median_diff(per_app, 'control'):+6.2f}ms "
+            f"{median_diff(per_app, 'on'):+6.2f}ms "
+            f"{judged(per_generation, P99_GOAL_MS, at_least=False, digits=2):>25} "
+            f"{median_diff(per_app, 'control'):+6.2f}ms "
             f"{median_ratio(per_app, 'on', 2):15.3f}  {spread}"
         )
 
@@ -359,8 +390,9 @@ def main() -> None:
     latency: Results = {}  # one app at a time, at a fixed rate
     throughput: Results = {}  # all three at once, under wrk
     rates: dict[str, list[float]] = {}
-    throughput_ratios: dict[str, list[float]] = {}
-    p99_diffs: dict[str, list[float]] = {}
+    # case -> per generation, its rounds' figures: the interval resamples whole generations
+    throughput_ratios: dict[str, list[list[float]]] = {}
+    p99_diffs: dict[str, list[list[float]]] = {}
     try:
         print(
             f"wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s and {SECONDS} s at a fixed rate, "
@@ -371,9 +403,11 @@ def main() -> None:
             run_generation(generation, latency, throughput, rates, Path(lua.name))
             for case in throughput:
                 latest = {app: rounds[-ROUNDS:] for app, rounds in throughput[case].items()}
-                throughput_ratios.setdefault(case, []).append(median_ratio(latest, "on"))
+                throughput_ratios.setdefault(case, []).append(
+                    [on[0] / off[0] for on, off in zip(latest["on"], latest["off"], strict=True)]
+                )
                 latest = {app: rounds[-ROUNDS:] for app, rounds in latency[case].items()}
-                p99_diffs.setdefault(case, []).append(median_diff(latest, "on"))
+                p99_diffs.setdefault(case, []).append(round_diffs(latest, "on"))
         report_throughput(throughput, throughput_ratios)
         report_latency(latency, p99_diffs, rates)
         rounds = [r for per_app in latency.values() for runs in per_app.values() for r in runs]
