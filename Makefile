@@ -42,6 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead_bytecodes.py
 	if command -v valgrind >/dev/null; then $(BIN)/python bench/overhead_instructions.py; \
 	else echo "bench/overhead_instructions.py skipped: no valgrind"; fi
+	if command -v valgrind >/dev/null; then $(BIN)/python bench/overhead_parts.py; \
+	else echo "bench/overhead_parts.py skipped: no valgrind"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -19,7 +19,9 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -59,16 +61,27 @@ def send_requests(base: str, case: str, path: str, count: int) -> None:
         raise SystemExit(f"{case}: the app answered {failures[0]}")
 
 
-def instructions(enabled: bool, case: str, count: int, workdir: Path) -> int:
+def instructions(
+    enabled: bool,
+    case: str,
+    count: int,
+    workdir: Path,
+    *,
+    factory: str = "monitor.app:create_app",
+    extra_env: Mapping[str, str] | None = None,
+) -> int:
     """Instructions the whole app process ran from start to exit, answering `count` requests."""
-    out = workdir / f"callgrind.{enabled}.{count}.out"
+    handle, name = tempfile.mkstemp(prefix=f"callgrind.{count}.", suffix=".out", dir=workdir)
+    os.close(handle)  # callgrind writes it when the app exits
+    out = Path(name)
     port = free_port()
     app = start_app(
         enabled,
         port,
         hash_seed=1,
+        factory=factory,
         launcher=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
-        extra_env={"MONITOR_PROBE_INTERVAL_S": "3600"},
+        extra_env={"MONITOR_PROBE_INTERVAL_S": "3600", **(extra_env or {})},
         ready_within_s=300,
     )
     try:
@@ -84,9 +97,11 @@ def instructions(enabled: bool, case: str, count: int, workdir: Path) -> int:
     return int(match.group(1))
 
 
-def per_request(enabled: bool, case: str, workdir: Path) -> float:
-    few = instructions(enabled, case, FEW, workdir)
-    many = instructions(enabled, case, MANY, workdir)
+def per_request(enabled: bool, case: str, workdir: Path, **app: Any) -> float:
+    """Instructions per request: MANY requests less FEW, so start-up and shutdown cancel.
+    `app`: `factory` and `extra_env` for `instructions`."""
+    few = instructions(enabled, case, FEW, workdir, **app)
+    many = instructions(enabled, case, MANY, workdir, **app)
     return (many - few) / (MANY - FEW)
 
 

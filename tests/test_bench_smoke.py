@@ -116,3 +116,44 @@ def test_overhead_benchmark_drivers_load_the_served_app(database_url: URL) -> No
         assert checkouts is not None and float(checkouts.group(1)) >= 101  # 1 + 2 x (10 + 40)
     finally:
         stop_app(app)
+
+
+@pytest.mark.parametrize("part", ["off", "modules", "middleware", "attached", "on"])
+def test_the_parts_benchmark_app_serves_each_part(
+    part: str, database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from bench.parts_app import ENABLED_PARTS, create_part_app
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    from monitor.instrumentation.attribution import AttributionMiddleware
+
+    monkeypatch.setenv("DATABASE_URL", url_string(database_url))
+    monkeypatch.setenv("MONITOR_ENABLED", "true" if part in ENABLED_PARTS else "false")
+    monkeypatch.setenv("BENCH_PART", part)
+    app = create_part_app()
+    with TestClient(app) as client:
+        created = client.post("/products", json={"name": f"part {part}", "price": 1})
+        assert created.status_code == 201, created.text
+        monitor = getattr(app.state, "pool_monitor", None)
+        middleware = {entry.cls for entry in app.user_middleware}
+        assert (AttributionMiddleware in middleware) == (part != "off" and part != "modules")
+        assert (monitor is not None) == (part in ENABLED_PARTS)
+        if monitor is not None:
+            # "attached" keeps the wrappers and drops the background work; "on" keeps both.
+            assert monitor.tracker.snapshot().counters.checkouts >= 1
+            assert (monitor._background is not None) == (part == "on")
+
+
+def test_the_parts_benchmark_app_refuses_an_unknown_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from bench.parts_app import create_part_app
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    monkeypatch.setenv("BENCH_PART", "everything")
+    with pytest.raises(SystemExit, match="BENCH_PART must be one of"):
+        create_part_app()
