@@ -30,7 +30,7 @@ Two more things bias runs on this machine, and both are handled here:
   against the goal: met, missed, or not resolved by this run when the interval spans the goal.
 Run: `.venv/bin/python bench/overhead.py` (needs `wrk`; DATABASE_URL or the local PostgreSQL).
 Env: BENCH_GENERATIONS (6), BENCH_ROUNDS per generation, case and way (3), BENCH_SECONDS (5),
-BENCH_LOAD (0.5).
+BENCH_LOAD (0.5), BENCH_WAYS (`throughput,latency`; one of them alone runs only that way).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "4"))
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 LOAD = float(os.environ.get("BENCH_LOAD", "0.5"))  # the fixed rate, as a share of capacity
+WAYS = frozenset(os.environ.get("BENCH_WAYS", "throughput,latency").split(","))
 PIN = (
     os.environ.get("BENCH_PIN", "1") == "1"
     and shutil.which("taskset") is not None
@@ -295,15 +296,18 @@ def run_generation(
             served = [wrk(urls[name], case_script, pids[name], seconds=2)[0] for name in names]
             rate = LOAD * statistics.median(served)
             rates.setdefault(case, []).append(rate)
-            one_at_a_time = latency.setdefault(case, {name: [] for name in names})
-            all_at_once = throughput.setdefault(case, {name: [] for name in names})
-            for round_index in range(ROUNDS):
-                shift = (round_index + generation) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    one_at_a_time[name].append(at_fixed_rate(urls[name], case, rate, pids[name]))
-            for _ in range(ROUNDS):
-                for name, result in wrk_together(urls, case_script, pids).items():
-                    all_at_once[name].append(result)
+            if "latency" in WAYS:
+                one_at_a_time = latency.setdefault(case, {name: [] for name in names})
+                for round_index in range(ROUNDS):
+                    shift = (round_index + generation) % len(names)
+                    for name in names[shift:] + names[:shift]:
+                        result = at_fixed_rate(urls[name], case, rate, pids[name])
+                        one_at_a_time[name].append(result)
+            if "throughput" in WAYS:
+                all_at_once = throughput.setdefault(case, {name: [] for name in names})
+                for _ in range(ROUNDS):
+                    for name, result in wrk_together(urls, case_script, pids).items():
+                        all_at_once[name].append(result)
     finally:
         for process in apps.values():
             stop_app(process)
@@ -383,6 +387,8 @@ def report_latency(
 def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package 'wrk')")
+    if not WAYS or not WAYS.issubset({"throughput", "latency"}):
+        raise SystemExit("BENCH_WAYS: throughput, latency or both (comma-separated)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(WRITE_LUA)
     if PIN:
@@ -406,15 +412,18 @@ def main() -> None:
                 throughput_ratios.setdefault(case, []).append(
                     [on[0] / off[0] for on, off in zip(latest["on"], latest["off"], strict=True)]
                 )
+            for case in latency:
                 latest = {app: rounds[-ROUNDS:] for app, rounds in latency[case].items()}
                 p99_diffs.setdefault(case, []).append(round_diffs(latest, "on"))
-        report_throughput(throughput, throughput_ratios)
-        report_latency(latency, p99_diffs, rates)
-        rounds = [r for per_app in latency.values() for runs in per_app.values() for r in runs]
-        print(
-            f"fixed-rate load: fell behind its schedule by at most {max(r[3] for r in rounds):.1f} "
-            f"ms; {sum(r[4] for r in rounds):.0f} requests failed"
-        )
+        if throughput:
+            report_throughput(throughput, throughput_ratios)
+        if latency:
+            report_latency(latency, p99_diffs, rates)
+            rounds = [r for per_app in latency.values() for runs in per_app.values() for r in runs]
+            print(
+                f"fixed-rate load: fell behind its schedule by at most "
+                f"{max(r[3] for r in rounds):.1f} ms; {sum(r[4] for r in rounds):.0f} requests failed"
+            )
         orders = ", ".join(">".join(start_order(g)) for g in range(GENERATIONS))
         print(f"start order per generation: {orders}")
         print("control: off vs an identical off app (the noise floor)")
