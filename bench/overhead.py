@@ -401,7 +401,8 @@ def main() -> None:
     p99_diffs: dict[str, list[list[float]]] = {}
     try:
         print(
-            f"wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s and {SECONDS} s at a fixed rate, "
+            f"{' and '.join(way for way in ('throughput', 'latency') if way in WAYS)}: "
+            f"wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s, {SECONDS} s at a fixed rate, "
             f"{'pinned' if PIN else 'not pinned'}, "
             f"{GENERATIONS} generations of fresh apps x {ROUNDS} rounds per case and way"
         )
