@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import URL
 
+from bench import checkout_instructions
+from bench.overhead import at_fixed_rate, crud_cases, free_port, start_app, stop_app
+from bench.overhead_instructions import send_requests
+from bench.parts_app import ENABLED_PARTS, create_part_app
+from bench.toggle_app import create_toggled_app
+from monitor.instrumentation.attribution import AttributionMiddleware
 from tests.conftest import url_string
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -45,11 +53,6 @@ def test_benchmark_runs(script: str, expected: str, database_url: URL) -> None:
 @pytest.mark.parametrize("mode", ["bare", "monitored, site capture off", "monitored"])
 def test_instruction_benchmark_programs_run(mode: str, database_url: URL) -> None:
     # valgrind makes the real run take minutes: here each generated program runs plain, briefly.
-    sys.path.insert(0, str(BENCH))
-    try:
-        import checkout_instructions
-    finally:
-        sys.path.remove(str(BENCH))
     program = checkout_instructions.cycle_program(mode, 20).replace(
         repr(checkout_instructions.URL), repr(url_string(database_url))
     )
@@ -60,15 +63,6 @@ def test_instruction_benchmark_programs_run(mode: str, database_url: URL) -> Non
 def test_the_toggled_benchmark_app_detaches_and_reattaches_the_monitor(
     database_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import signal
-
-    from fastapi.testclient import TestClient
-
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        from bench.toggle_app import create_toggled_app
-    finally:
-        sys.path.remove(str(BENCH.parent))
     monkeypatch.setenv("DATABASE_URL", url_string(database_url))
     previous = signal.getsignal(signal.SIGUSR1)
     try:
@@ -95,12 +89,6 @@ def test_the_toggled_benchmark_app_detaches_and_reattaches_the_monitor(
 def test_overhead_benchmark_drivers_load_the_served_app(database_url: URL) -> None:
     # valgrind makes the real run take minutes: here its request driver meets the app served
     # plain, and so does the fixed-rate load of `bench/overhead.py`, briefly.
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        from bench.overhead import at_fixed_rate, crud_cases, free_port, start_app, stop_app
-        from bench.overhead_instructions import send_requests
-    finally:
-        sys.path.remove(str(BENCH.parent))
     port = free_port()
     app = start_app(True, port, launcher=[], extra_env={"DATABASE_URL": url_string(database_url)})
     try:
@@ -122,15 +110,6 @@ def test_overhead_benchmark_drivers_load_the_served_app(database_url: URL) -> No
 def test_the_parts_benchmark_app_serves_each_part(
     part: str, database_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fastapi.testclient import TestClient
-
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        from bench.parts_app import ENABLED_PARTS, create_part_app
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    from monitor.instrumentation.attribution import AttributionMiddleware
-
     monkeypatch.setenv("DATABASE_URL", url_string(database_url))
     monkeypatch.setenv("MONITOR_ENABLED", "true" if part in ENABLED_PARTS else "false")
     monkeypatch.setenv("BENCH_PART", part)
@@ -149,11 +128,6 @@ def test_the_parts_benchmark_app_serves_each_part(
 
 
 def test_the_parts_benchmark_app_refuses_an_unknown_part(monkeypatch: pytest.MonkeyPatch) -> None:
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        from bench.parts_app import create_part_app
-    finally:
-        sys.path.remove(str(BENCH.parent))
     monkeypatch.setenv("BENCH_PART", "everything")
     with pytest.raises(SystemExit, match="BENCH_PART must be one of"):
         create_part_app()
