@@ -32,21 +32,20 @@ def main() -> None:
         f"{WRITE}: instructions per request, whole app under callgrind, ({MANY} - {FEW}) requests"
     )
     print(f"{'part':12} {'per request':>12} {'vs off':>8} {'step':>9}")
-    counts: dict[str, float] = {}
+    off = previous = 0.0
     with tempfile.TemporaryDirectory() as workdir:
         for part in PARTS:
-            counts[part] = per_request(
+            count = per_request(
                 part in ENABLED_PARTS,
                 WRITE,
                 Path(workdir),
                 factory="bench.parts_app:create_part_app",
                 extra_env={"BENCH_PART": part},
             )
-            step = counts[part] - counts[PARTS[PARTS.index(part) - 1]] if part != "off" else 0.0
-            print(
-                f"{part:12} {counts[part]:12,.0f} {counts[part] / counts['off']:8.4f} {step:+9,.0f}",
-                flush=True,
-            )
+            off = off or count  # the first part is "off"
+            step = count - (previous or count)
+            print(f"{part:12} {count:12,.0f} {count / off:8.4f} {step:+9,.0f}", flush=True)
+            previous = count
 
 
 if __name__ == "__main__":
