@@ -1,4 +1,5 @@
 """Statement timing: slow statements grouped by fingerprint; parameters are never looked at.
+Each statement also marks its pool slot in use (a hold that keeps working is not a leak).
 
 Wraps the dialect's own `do_execute*` methods on the engine's dialect instance. Not through
 events: connection-level listeners (`before/after_cursor_execute`) switch every `Connection` onto
@@ -8,7 +9,6 @@ listeners cost an event dispatch per statement (about 0.7 us here, half the timi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from monitor.instrumentation.guard import FailureGuard
 from monitor.sqltext import fingerprint, normalize
 from monitor.state.holders import current_request
-from monitor.state.tracker import PoolTracker
+from monitor.state.tracker import IN_USE, PoolTracker
 
 EXECUTE_METHODS = ("do_execute", "do_execute_no_params", "do_executemany")
 
@@ -31,7 +31,8 @@ class StatementListeners:
     def attach(self, engine: Engine) -> None:
         dialect: Any = engine.dialect
         self._dialect = dialect
-        clock = time.perf_counter
+        # The tracker's clock (monotonic): one reading times the statement and marks its use.
+        clock = self._tracker.clock
         tracker = self._tracker
         slow = self._slow
         failed = self._failed
@@ -40,6 +41,14 @@ class StatementListeners:
         # the threshold check is inline: it runs on every statement.
         def timed(execute: Callable[..., None]) -> Callable[..., None]:
             def execute_timed(cursor: Any, statement: str, *parameters_and_context: Any) -> None:
+                try:
+                    # The execution context (last argument) -> pool proxy -> record -> slot.
+                    slot = parameters_and_context[
+                        -1
+                    ]._dbapi_connection._connection_record._pool_monitor_slot
+                    slot.used_at = IN_USE
+                except Exception:
+                    slot = None  # no context (or not a pool connection): timed only
                 started = clock()
                 try:
                     execute(cursor, statement, *parameters_and_context)
@@ -47,7 +56,10 @@ class StatementListeners:
                     failed()
                     raise
                 finally:
-                    duration_s = clock() - started
+                    ended = clock()
+                    if slot is not None:
+                        slot.used_at = ended
+                    duration_s = ended - started
                     if duration_s >= tracker.slow_query_s:
                         slow(statement, duration_s)
 

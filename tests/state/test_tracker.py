@@ -92,7 +92,7 @@ def test_second_connection_of_a_request_is_flagged_once(tracker: PoolTracker) ->
     assert snapshot.multi_connection_requests[0].route == "GET /two"
     for slot in slots:
         tracker.checkin(slot)
-    assert request.connections_held == 0
+    assert request.held == {tracker: 0}
 
 
 def test_slow_queries_grouped_and_bounded(clock: FakeClock) -> None:
