@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from monitor.urls import mask_url
 
+
 Positive = Annotated[float, Field(gt=0)]
 
 
@@ -34,6 +35,11 @@ class Settings(BaseSettings):
     probe_interval_s: Positive = 5.0
     slow_query_s: Positive = 0.5
     probe_timeout_s: Positive = 2.0
+    # A live owner holding a connection longer is a suspected leak however busy (default 10x
+    # the leak threshold); routes listed as "TEMPLATE=SECONDS,..." declare their own ceiling.
+    long_hold_ceiling_s: Positive | None = None
+    long_hold_routes: str = ""
+    idle_in_transaction_min_s: Positive = 1.0  # the commit rule ignores younger ones
 
     pool_size: Annotated[int, Field(ge=1, le=1000)] = 5
     max_overflow: Annotated[int, Field(ge=0, le=1000)] = 5
@@ -57,6 +63,12 @@ class Settings(BaseSettings):
             raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got {mask_url(value)}")
         return value
 
+    @field_validator("long_hold_routes")
+    @classmethod
+    def _route_ceilings(cls, value: str) -> str:
+        parse_route_ceilings(value)  # raises ValueError with the offending entry
+        return value
+
     @property
     def trusted_host_list(self) -> list[str]:
         return [host.strip() for host in self.trusted_hosts.split(",") if host.strip()]
@@ -69,3 +81,20 @@ class Settings(BaseSettings):
             if name == "dashboard_token" and value is not None:
                 value = "***"
             yield name, value
+
+
+def parse_route_ceilings(value: str) -> dict[str, float]:
+    """`"/reports/{id}=120,/stream=30"` -> {route template: ceiling in seconds}."""
+    ceilings: dict[str, float] = {}
+    for entry in value.split(","):
+        if not entry.strip():
+            continue
+        route, sep, seconds = entry.strip().rpartition("=")
+        try:
+            ceiling = float(seconds)
+        except ValueError:
+            ceiling = 0.0
+        if not sep or not route.startswith("/") or not ceiling > 0:
+            raise ValueError(f"long_hold_routes: expected /route/{{template}}=SECONDS, got {entry!r}")
+        ceilings[route] = ceiling
+    return ceilings

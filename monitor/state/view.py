@@ -108,7 +108,11 @@ def build_view(
         phantoms=phantoms,
         capacity=capacity,
         rules=(),
-        drift=pool.checked_out - stats.checked_out,
+        drift=(
+            pool.accounting_drift
+            if pool.accounting_drift is not None
+            else pool.checked_out - stats.checked_out
+        ),
     )
     return dataclasses.replace(view, rules=evaluate_rules(view))
 
@@ -147,10 +151,12 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
 
     multi = counters.multi_connection_requests
     last = pool.multi_connection_requests[0].route if pool.multi_connection_requests else ""
+    split = counters.multi_pool_requests  # a read/write split: pools used, not a violation
     verdicts.append(
         RuleVerdict("One session per request", "ok" if multi == 0 else "warn",
-                    "no request held two connections at once" if multi == 0
-                    else f"{multi} request(s) held several connections at once, last {last}")
+                    ("no request held two connections of the pool at once" if multi == 0
+                     else f"{multi} request(s) held several connections at once, last {last}")
+                    + (f"; {split} request(s) used several pools" if split else ""))
     )  # fmt: skip
 
     leaks, gc_reclaimed = len(pool.leaks), counters.gc_reclaimed
@@ -167,16 +173,23 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
                         f"{gc_reclaimed} reclaimed by the garbage collector")
         )  # fmt: skip
 
-    idle_tx = sum(
-        1
+    # Between two statements of one transaction a connection is idle in transaction for
+    # milliseconds: only those idle that way for the minimum age count.
+    min_age = pool.idle_in_transaction_min_s
+    idle_ages = [
+        h.server.state_age_s or 0.0
         for h in view.held
-        if h.server is not None and (h.server.state or "").startswith("idle in transaction")
-    )
+        if h.server is not None
+        and (h.server.state or "").startswith("idle in transaction")
+        and (h.server.state_age_s or 0.0) >= min_age
+    ]
+    idle_tx = len(idle_ages)
     leaked_tx = sum(1 for leak in pool.leaks if leak.leak_class is LeakClass.IDLE_IN_TRANSACTION)
     status = "ok" if idle_tx == 0 else ("fail" if leaked_tx else "warn")
     verdicts.append(
         RuleVerdict("Commit explicitly, handle rollbacks", status,
-                    f"{idle_tx} held connection(s) idle in transaction"
+                    f"{idle_tx} held connection(s) idle in transaction for {min_age:g} s or more"
+                    + (f" (oldest {max(idle_ages):.1f} s)" if idle_ages else "")
                     + (f", {leaked_tx} of them past the leak threshold" if leaked_tx else ""))
     )  # fmt: skip
 

@@ -39,12 +39,14 @@ from monitor.web.render_context import RenderContext
 from monitor.web.server_panels import build_blocking, build_orphans, build_server
 
 LEAK_LABELS = {
+    LeakClass.OUTLIVED_OWNER: "outlived its owner",
     LeakClass.IDLE_IN_TRANSACTION: "idle in transaction",
     LeakClass.IDLE: "idle but held",
     LeakClass.ACTIVE: "active long query",
     LeakClass.UNKNOWN: "no server data yet",
 }
 LEAK_STATUS = {
+    LeakClass.OUTLIVED_OWNER: "fail",
     LeakClass.IDLE_IN_TRANSACTION: "fail",
     LeakClass.IDLE: "warn",
     LeakClass.ACTIVE: "warn",
@@ -354,7 +356,9 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
         else "no connection checked out"
     )
     note = (
-        f"a connection held longer than {duration(view.pool.leak_threshold_s)} is a suspected leak"
+        "a connection still held when its owner finished is a leak; one held longer than "
+        f"{duration(view.pool.leak_threshold_s)} is a long hold, a suspected leak once unused "
+        "that long or held past its ceiling"
     )
     return HeldPanel(tuple(rows), summary, note)
 
