@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +43,7 @@ def sync_app(engine: Engine, kept: list[Connection]) -> FastAPI:
 
     def work(conn: Connection) -> Iterator[int]:
         for step in range(STEPS):
-            yield conn.execute(text("SELECT :n"), {"n": step}).scalar_one()
+            yield conn.execute(text("SELECT CAST(:n AS int)"), {"n": step}).scalar_one()
             time.sleep(STEP_S)
 
     @app.get("/stream")
@@ -82,9 +83,9 @@ def sync_app(engine: Engine, kept: list[Connection]) -> FastAPI:
         rows = 0
         with engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=10).execute(
-                text("SELECT generate_series(1, :n)"), {"n": 10 * STEPS}
+                text("SELECT generate_series(1, CAST(:n AS int))"), {"n": 10 * STEPS}
             )
-            for partition in result.partitions():  # one FETCH per partition, no statement
+            for partition in result.partitions(10):  # a FETCH per partition, no statement
                 rows += len(partition)
                 time.sleep(STEP_S)
         return {"rows": rows}
@@ -103,7 +104,7 @@ def async_app(engine: AsyncEngine, kept: list[AsyncConnection]) -> FastAPI:
 
     async def work(conn: AsyncConnection) -> AsyncIterator[int]:
         for step in range(STEPS):
-            yield (await conn.execute(text("SELECT :n"), {"n": step})).scalar_one()
+            yield (await conn.execute(text("SELECT CAST(:n AS int)"), {"n": step})).scalar_one()
             await asyncio.sleep(STEP_S)
 
     @app.get("/stream")
@@ -139,11 +140,11 @@ def async_app(engine: AsyncEngine, kept: list[AsyncConnection]) -> FastAPI:
         rows = 0
         async with engine.connect() as conn:
             result = await conn.stream(
-                text("SELECT generate_series(1, :n)"),
+                text("SELECT generate_series(1, CAST(:n AS int))"),
                 {"n": 10 * STEPS},
                 execution_options={"yield_per": 10},
             )
-            async for partition in result.partitions():
+            async for partition in result.partitions(10):
                 rows += len(partition)
                 await asyncio.sleep(STEP_S)
         return {"rows": rows}
@@ -171,8 +172,6 @@ def flavour(request: pytest.FixtureRequest, database_url: URL) -> Iterator[tuple
     yield request.param, engine
     if request.param == "sync":
         engine.dispose()
-    else:
-        asyncio.run(engine.dispose())
 
 
 @pytest.fixture
@@ -192,33 +191,52 @@ def monitored(flavour: tuple[str, Any]) -> Iterator[tuple[PoolMonitor, TestClien
                     conn.close()
                 else:
                     client.portal.call(conn.close)  # type: ignore[union-attr]
+            if kind == "async":  # asyncpg connections belong to the app's loop
+                client.portal.call(engine.dispose)  # type: ignore[union-attr]
     finally:
         monitor.detach()
 
 
-def scheduled_job(engine: Any, kind: str) -> BackgroundScheduler:
-    """A job run by APScheduler in its worker thread, working with the engine for 3 s."""
+@contextmanager
+def scheduled_job(engine: Any, kind: str, client: TestClient) -> Iterator[None]:
+    """A scheduled job working with the engine for 3 s: run by APScheduler in its worker thread
+    (sync), or as an asyncio task on the app's loop (async); waited for on exit."""
+    if kind == "sync":
 
-    def job() -> None:
-        if kind == "sync":
+        def job() -> None:
             with engine.connect() as conn:
                 for step in range(STEPS):
-                    conn.execute(text("SELECT :n"), {"n": step})
+                    conn.execute(text("SELECT CAST(:n AS int)"), {"n": step})
                     time.sleep(STEP_S)
-        else:
 
-            async def run() -> None:
-                async with engine.connect() as conn:
-                    for step in range(STEPS):
-                        await conn.execute(text("SELECT :n"), {"n": step})
-                        await asyncio.sleep(STEP_S)
+        scheduler = BackgroundScheduler(timezone=UTC)
+        scheduler.add_job(job, "date", run_date=datetime.now(UTC), id="nightly-report")
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.shutdown(wait=True)
+        return
 
-            asyncio.run(run())
+    async def run() -> None:
+        async with engine.connect() as conn:
+            for step in range(STEPS):
+                await conn.execute(text("SELECT CAST(:n AS int)"), {"n": step})
+                await asyncio.sleep(STEP_S)
 
-    scheduler = BackgroundScheduler(timezone=UTC)
-    scheduler.add_job(job, "date", run_date=datetime.now(UTC), id="nightly-report")
-    scheduler.start()
-    return scheduler
+    async def spawn() -> asyncio.Task[None]:
+        return asyncio.create_task(run(), name="nightly-report")
+
+    async def finish(task: asyncio.Task[None]) -> None:
+        await task
+
+    portal = client.portal
+    assert portal is not None
+    task = portal.call(spawn)
+    try:
+        yield
+    finally:
+        portal.call(finish, task)
 
 
 def test_long_holds_that_keep_working_are_never_leaks(
@@ -246,10 +264,9 @@ def test_long_holds_that_keep_working_are_never_leaks(
     ]
     holders: dict[str, tuple[str, str | None]] = {}
     with caplog.at_level(logging.WARNING, logger="monitor.leaks"):
-        scheduler = scheduled_job(engine, kind)
-        for worker in workers:
-            worker.start()
-        try:
+        with scheduled_job(engine, kind, client):
+            for worker in workers:
+                worker.start()
             # Watch the holders while they work: each named, each past the threshold a long hold.
             deadline = time.monotonic() + 15
             while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
@@ -260,8 +277,6 @@ def test_long_holds_that_keep_working_are_never_leaks(
                 time.sleep(0.1)
             for worker in workers:
                 worker.join(10)
-        finally:
-            scheduler.shutdown(wait=True)
     snapshot = monitor.pool_snapshot()
 
     assert results["stream"][0] == 200 and results["stream"][1].count("\n") == STEPS
@@ -276,7 +291,11 @@ def test_long_holds_that_keep_working_are_never_leaks(
     assert holders["GET /cursor"] == ("request", "cursor-1")
     assert holders["background of GET /bg"] == ("background", "bg-1")
     assert holders["WS /ws/{room}"] == ("websocket", "ws-1")
-    assert any(kind_ == "task" for kind_, _ in holders.values())  # the scheduled job
+    # The scheduled job: APScheduler's worker thread, or the asyncio task by its name.
+    if kind == "async":
+        assert holders["nightly-report"] == ("task", None)
+    else:
+        assert any(route.startswith("ThreadPoolExecutor") for route in holders), holders
 
 
 def test_a_session_kept_past_its_request_is_a_leak_at_the_next_sweep(
