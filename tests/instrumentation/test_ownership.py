@@ -335,3 +335,118 @@ def test_the_background_sweep_flags_it_without_waiting_for_the_threshold(
     finally:
         monitor.detach()
         engine.dispose()
+
+
+def test_a_read_write_split_request_raises_nothing(
+    database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    write = create_engine(database_url, pool_size=2, max_overflow=0)
+    read = create_engine(database_url, pool_size=2, max_overflow=0)
+    monitors = [
+        PoolMonitor(engine, leak_threshold_s=THRESHOLD_S, probe=False, pool_name=name)
+        for engine, name in ((write, "primary"), (read, "replica"))
+    ]
+    app = FastAPI()
+    app.add_middleware(AttributionMiddleware)
+
+    @app.post("/orders")
+    def order() -> dict[str, int]:
+        with write.begin() as primary, read.connect() as replica:
+            primary.execute(text("SELECT 1"))
+            return {"n": replica.execute(text("SELECT 2")).scalar_one()}
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="monitor.leaks"), TestClient(app) as client:
+            for n in range(3):
+                response = client.post("/orders", headers={"x-request-id": f"split-{n}"})
+                assert response.json() == {"n": 2}
+        assert caplog.records == []
+        views = [monitor.view() for monitor in monitors]
+        for view in views:
+            assert view.pool.counters.multi_connection_requests == 0
+            rule = next(r for r in view.rules if r.rule == "One session per request")
+            assert rule.status == "ok", rule
+        replica = views[1].pool
+        assert replica.counters.multi_pool_requests == 3
+        assert replica.multi_pool_requests[0].pools == ("primary", "replica")
+        assert replica.multi_pool_requests[0].request_id == "split-2"
+        assert "3 request(s) used several pools" in next(
+            r.why for r in views[1].rules if r.rule == "One session per request"
+        )
+    finally:
+        for monitor in monitors:
+            monitor.detach()
+        write.dispose()
+        read.dispose()
+
+
+def test_a_sync_engine_in_an_asyncio_task_is_held_by_the_task(
+    engine: Engine, monitor: PoolMonitor
+) -> None:
+    async def report() -> str | None:
+        with engine.connect() as conn:  # blocking the loop, as such code does
+            conn.execute(text("SELECT 1"))
+            (view,) = [c for c in monitor.pool_snapshot().connections if c.checked_out]
+            return view.holder.route if view.holder else None
+
+    async def main() -> str | None:
+        return await asyncio.create_task(report(), name="report-task")
+
+    assert asyncio.run(main()) == "report-task"
+
+
+def test_leak_resolved_reclaim_and_timeout_lines_carry_request_id_and_owner(
+    engine: Engine, monitor: PoolMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = FastAPI()
+    app.add_middleware(AttributionMiddleware)
+    kept: list[Connection] = []
+
+    @app.get("/keep")
+    def keep() -> dict[str, int]:
+        kept.append(engine.connect())
+        return {"kept": len(kept)}
+
+    @app.get("/drop")
+    def drop() -> dict[str, str]:
+        conn = engine.connect()
+        cycle: dict[str, Any] = {"conn": conn}
+        cycle["self"] = cycle  # only the garbage collector frees it
+        del conn, cycle
+        gc.collect()
+        return {"dropped": "yes"}
+
+    @app.get("/wait")
+    def wait() -> dict[str, str]:
+        try:
+            with engine.connect():
+                pass
+        except sa_exc.TimeoutError:
+            return {"timed_out": "yes"}
+        return {"timed_out": "no"}
+
+    with caplog.at_level(logging.INFO, logger="monitor.leaks"), TestClient(app) as client:
+        for n in range(4):  # pool_size 3 + max_overflow 1: all taken
+            client.get("/keep", headers={"x-request-id": f"keep-{n}"})
+        assert client.get("/wait", headers={"x-request-id": "wait-1"}).json()["timed_out"] == "yes"
+        monitor.tracker.sweep()
+        kept.pop().close()
+        kept.pop().close()
+        client.get("/drop", headers={"x-request-id": "drop-1"})
+        for conn in kept:
+            conn.close()
+
+    def lines(marker: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if marker in r.getMessage()]
+
+    (timeout,) = lines("timed out")
+    assert "request GET /wait [wait-1]" in timeout.getMessage()
+    assert all(f"GET /keep [keep-{n}]" in timeout.getMessage() for n in range(4))
+    assert timeout.request_id == "wait-1"  # type: ignore[attr-defined]
+    leaks = lines("leak suspected")
+    assert {r.request_id for r in leaks} == {f"keep-{n}" for n in range(4)}  # type: ignore[attr-defined]
+    resolved = lines("leak resolved")
+    assert len(resolved) == 4 and all("request GET /keep [keep-" in r.getMessage() for r in resolved)
+    (reclaim,) = lines("reclaimed by the garbage collector")
+    assert "request GET /drop [drop-1]" in reclaim.getMessage()
+    assert (reclaim.request_id, reclaim.owner) == ("drop-1", "request")  # type: ignore[attr-defined]
