@@ -450,3 +450,72 @@ def test_leak_resolved_reclaim_and_timeout_lines_carry_request_id_and_owner(
     (reclaim,) = lines("reclaimed by the garbage collector")
     assert "request GET /drop [drop-1]" in reclaim.getMessage()
     assert (reclaim.request_id, reclaim.owner) == ("drop-1", "request")  # type: ignore[attr-defined]
+
+
+def test_the_commit_rule_stays_ok_under_clean_load(database_url: URL) -> None:
+    engine = create_engine(database_url, pool_size=4, max_overflow=0)
+    monitor = PoolMonitor(engine, leak_threshold_s=THRESHOLD_S, probe_interval_s=0.2)
+    stop = threading.Event()
+
+    def transactions() -> None:
+        while not stop.is_set():
+            with engine.begin() as conn:  # idle in transaction for a moment between statements
+                conn.execute(text("SELECT 1"))
+                time.sleep(0.005)
+                conn.execute(text("SELECT pg_sleep(0.005)"))
+
+    def commit_rule() -> tuple[str, str]:
+        rule = next(r for r in monitor.view().rules if r.rule.startswith("Commit explicitly"))
+        return rule.status, rule.why
+
+    workers = [threading.Thread(target=transactions) for _ in range(4)]
+    verdicts: list[tuple[str, str]] = []
+    monitor.start()
+    try:
+        assert wait_for(lambda: monitor.server_health.snapshot().up, timeout_s=10)
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            verdicts.append(commit_rule())
+            time.sleep(0.05)
+        stop.set()
+        for worker in workers:
+            worker.join(10)
+        assert len(verdicts) >= 10
+        assert [v for v in verdicts if v[0] != "ok"] == []
+        # The rule still sees a transaction really left open.
+        with engine.connect() as conn:
+            conn.execute(text("BEGIN"))
+            conn.execute(text("SELECT 1"))
+            assert wait_for(lambda: commit_rule()[0] != "ok", timeout_s=10)
+            status, why = commit_rule()
+            assert "1 held connection(s) idle in transaction for 1 s or more (oldest" in why
+            conn.execute(text("ROLLBACK"))
+    finally:
+        stop.set()
+        monitor.detach()
+        engine.dispose()
+
+
+def test_a_route_declares_its_long_hold(engine: Engine, monitor: PoolMonitor) -> None:
+    app = FastAPI()
+    app.add_middleware(AttributionMiddleware)
+    seen: dict[str, Any] = {}
+
+    @app.get("/export", dependencies=[Depends(monitor.long_hold(ceiling_s=120))])
+    def export() -> dict[str, str]:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            time.sleep(0.5)  # unused past the 0.2 s threshold: fine, the route declared it
+            assert monitor.tracker.sweep() == []
+            seen["holds"] = monitor.pool_snapshot().long_holds
+        return {"ok": "yes"}
+
+    with TestClient(app) as client:
+        assert client.get("/export").status_code == 200
+    (hold,) = seen["holds"]
+    assert hold.declared and hold.ceiling_s == 120
+    assert hold.holder is not None and hold.holder.route == "GET /export"
+    with pytest.raises(ValueError, match="ceiling_s"):
+        monitor.long_hold(ceiling_s=0)
