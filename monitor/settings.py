@@ -10,7 +10,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from monitor.urls import mask_url
 
-
 Positive = Annotated[float, Field(gt=0)]
 
 
@@ -95,6 +94,8 @@ def parse_route_ceilings(value: str) -> dict[str, float]:
         except ValueError:
             ceiling = 0.0
         if not sep or not route.startswith("/") or not ceiling > 0:
-            raise ValueError(f"long_hold_routes: expected /route/{{template}}=SECONDS, got {entry!r}")
+            raise ValueError(
+                f"long_hold_routes: expected /route/{{template}}=SECONDS, got {entry!r}"
+            )
         ceilings[route] = ceiling
     return ceilings

@@ -99,7 +99,7 @@ def _marking_server_side_cursors(context_cls: Any, clock: Callable[[], float]) -
     every fetch: rows streamed from one (FETCH on the server) run no statement through the
     dialect, yet the connection is working."""
 
-    class MarkingContext(context_cls):  # type: ignore[misc,valid-type]
+    class MarkingContext(context_cls):  # type: ignore[misc]
         def create_server_side_cursor(self) -> Any:
             cursor = super().create_server_side_cursor()
             try:

@@ -716,9 +716,7 @@ class PoolTracker:
 
     def _note_pools(self, request: RequestScope) -> None:
         """The request's first checkout here while it used another pool: a read/write split."""
-        pools = tuple(
-            str(getattr(tracker, "pool_name", "?")) for tracker in list(request.held)
-        )
+        pools = tuple(str(getattr(tracker, "pool_name", "?")) for tracker in list(request.held))
         with self._lock:
             self._count["multi_pool_requests"] += 1
             self._multi_pool.appendleft(

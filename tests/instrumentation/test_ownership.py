@@ -263,20 +263,22 @@ def test_long_holds_that_keep_working_are_never_leaks(
         threading.Thread(target=websocket),
     ]
     holders: dict[str, tuple[str, str | None]] = {}
-    with caplog.at_level(logging.WARNING, logger="monitor.leaks"):
-        with scheduled_job(engine, kind, client):
-            for worker in workers:
-                worker.start()
-            # Watch the holders while they work: each named, each past the threshold a long hold.
-            deadline = time.monotonic() + 15
-            while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
-                snapshot = monitor.pool_snapshot()
-                for view in snapshot.connections:
-                    if view.holder is not None:
-                        holders[view.holder.route] = (view.holder.kind, view.holder.request_id)
-                time.sleep(0.1)
-            for worker in workers:
-                worker.join(10)
+    with (
+        caplog.at_level(logging.WARNING, logger="monitor.leaks"),
+        scheduled_job(engine, kind, client),
+    ):
+        for worker in workers:
+            worker.start()
+        # Watch the holders while they work: each named, each past the threshold a long hold.
+        deadline = time.monotonic() + 15
+        while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+            snapshot = monitor.pool_snapshot()
+            for view in snapshot.connections:
+                if view.holder is not None:
+                    holders[view.holder.route] = (view.holder.kind, view.holder.request_id)
+            time.sleep(0.1)
+        for worker in workers:
+            worker.join(10)
     snapshot = monitor.pool_snapshot()
 
     assert results["stream"][0] == 200 and results["stream"][1].count("\n") == STEPS
@@ -301,7 +303,7 @@ def test_long_holds_that_keep_working_are_never_leaks(
 def test_a_session_kept_past_its_request_is_a_leak_at_the_next_sweep(
     monitored: tuple[PoolMonitor, TestClient, list[Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    monitor, client, kept = monitored
+    monitor, client, _ = monitored
     monitor.stop()  # sweeps by hand: the very next one must flag it
     with caplog.at_level(logging.INFO, logger="monitor.leaks"):
         assert client.get("/keep", headers={"x-request-id": "keep-42"}).status_code == 200
@@ -446,7 +448,9 @@ def test_leak_resolved_reclaim_and_timeout_lines_carry_request_id_and_owner(
     leaks = lines("leak suspected")
     assert {r.request_id for r in leaks} == {f"keep-{n}" for n in range(4)}  # type: ignore[attr-defined]
     resolved = lines("leak resolved")
-    assert len(resolved) == 4 and all("request GET /keep [keep-" in r.getMessage() for r in resolved)
+    assert len(resolved) == 4 and all(
+        "request GET /keep [keep-" in r.getMessage() for r in resolved
+    )
     (reclaim,) = lines("reclaimed by the garbage collector")
     assert "request GET /drop [drop-1]" in reclaim.getMessage()
     assert (reclaim.request_id, reclaim.owner) == ("drop-1", "request")  # type: ignore[attr-defined]
@@ -489,7 +493,7 @@ def test_the_commit_rule_stays_ok_under_clean_load(database_url: URL) -> None:
             conn.execute(text("BEGIN"))
             conn.execute(text("SELECT 1"))
             assert wait_for(lambda: commit_rule()[0] != "ok", timeout_s=10)
-            status, why = commit_rule()
+            _, why = commit_rule()
             assert "1 held connection(s) idle in transaction for 1 s or more (oldest" in why
             conn.execute(text("ROLLBACK"))
     finally:

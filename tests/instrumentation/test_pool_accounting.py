@@ -121,7 +121,7 @@ def test_a_real_accounting_error_still_shows(database_url: URL, broken: str) -> 
     monitor = PoolMonitor(engine, leak_threshold_s=30, probe=False)
     try:
         conn = engine.connect()
-        (slot,) = [s for s in monitor.tracker._open.values()]
+        (slot,) = list(monitor.tracker._open.values())
         holding = slot.holding
         if broken == "checkout":
             slot.holding = None  # the monitor lost a checkout

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from monitor.metrics import names
@@ -214,3 +215,24 @@ def test_invalidations_by_kind(engine: Engine, sample: Sample, kind: str) -> Non
     with engine.connect() as connection:
         connection.connection.invalidate(soft=kind == "soft")
     assert sample(names.INVALIDATIONS_TOTAL, pool_name=POOL, kind=kind) == 1
+
+
+def test_a_long_hold_that_keeps_working_is_exposed_apart_from_leaks(
+    engine: Engine, sample: Sample
+) -> None:
+    assert sample(names.LONG_HOLDS, pool_name=POOL) == 0
+    with holding(engine, 1) as (connection,):
+        # Threshold 1 s: a statement every 0.2 s keeps it a long hold, never a leak.
+        def working_long_hold() -> float | None:
+            connection.execute(text("SELECT 1"))
+            time.sleep(0.2)
+            return sample(names.LONG_HOLDS, pool_name=POOL)
+
+        wait_for(working_long_hold, lambda v: v == 1)
+        total = sample(names.LONG_HOLDS_TOTAL, pool_name=POOL)
+        assert total is not None and total >= 1
+        assert sum(
+            sample(names.LEAKED_CONNECTIONS, pool_name=POOL, **{"class": c.value}) or 0
+            for c in LeakClass
+        ) == 0  # fmt: skip
+    assert sample(names.LONG_HOLDS, pool_name=POOL) == 0
