@@ -145,11 +145,13 @@ class PoolListeners:
                     slot = adopt(record)
                     fresh = True
                 request = request_in_flight()
-                if request is not None:
+                if request is not None and not request.finished:
                     holder = None
                 else:
                     # The asyncio task (an async engine's greenlet runs inside it, and a sync
                     # engine may be called from one), else the thread (named only when shown).
+                    # A task a request started that runs on after it is its own owner.
+                    request = None
                     loop = running_loop()
                     holder = (current_task(loop) if loop is not None else None) or thread_ident()
                 checkout(slot, request, holder, capture(), now - started, now)
