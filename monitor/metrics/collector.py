@@ -252,7 +252,7 @@ def _activity_families(sample: ServerSample) -> Iterator[Metric]:
     count = GaugeMetricFamily(
         names.ACTIVITY_COUNT,
         "Client sessions of the database by state (every state present, 0 when empty).",
-        labels=[names.DATNAME, names.STATE],
+        labels=[names.DATNAME, names.SERVER_STATE],
     )
     for (datname, state), number in sessions_by_state(sample).items():
         count.add_metric([datname, state], number)
@@ -260,7 +260,7 @@ def _activity_families(sample: ServerSample) -> Iterator[Metric]:
     age = GaugeMetricFamily(
         names.ACTIVITY_MAX_TX_DURATION,
         "Seconds the oldest open transaction has run, by database and session state.",
-        labels=[names.DATNAME, names.STATE],
+        labels=[names.DATNAME, names.SERVER_STATE],
     )
     for (datname, state), seconds in max_tx_age_by_state(sample).items():
         age.add_metric([datname, state], seconds)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Final
 
-# ---- pool side (label pool_name): OpenTelemetry db.client.connection.* for Prometheus --------
+# ---- pool side: OpenTelemetry db.client.connection.* as its Prometheus exporter renders them ---
 CONNECTION_COUNT: Final = "db_client_connection_count"
 CONNECTION_MAX: Final = "db_client_connection_max"
 CONNECTION_IDLE_MAX: Final = "db_client_connection_idle_max"
@@ -49,8 +49,11 @@ PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS: Final = "pool_monitor_probe_last_success_t
 PROBE_HIDDEN_QUERIES: Final = "pool_monitor_probe_hidden_queries"
 
 # ---- labels --------------------------------------------------------------------------------
-POOL_NAME: Final = "pool_name"
-STATE: Final = "state"
+# OpenTelemetry attributes db.client.connection.pool.name and db.client.connection.state, with
+# the dots turned into underscores as OpenTelemetry's Prometheus exporter writes them.
+POOL_NAME: Final = "db_client_connection_pool_name"
+STATE: Final = "db_client_connection_state"
+SERVER_STATE: Final = "state"  # pg_stat_activity.state on the server-side series
 CLASS: Final = "class"
 KIND: Final = "kind"
 DATNAME: Final = "datname"

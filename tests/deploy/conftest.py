@@ -47,7 +47,7 @@ POOL_METRICS = frozenset(
         "pool_monitor_phantom_connections",
     }
 )
-"""Metrics carrying the `pool_name` label."""
+"""Metrics carrying the `db_client_connection_pool_name` label."""
 
 SERVER_METRICS = frozenset(
     {
@@ -66,7 +66,7 @@ SERVER_METRICS = frozenset(
         "pool_monitor_probe_hidden_queries",
     }
 )
-"""Server-side and probe metrics: no `pool_name` label."""
+"""Server-side and probe metrics: no pool label."""
 
 HISTOGRAMS = frozenset(
     {

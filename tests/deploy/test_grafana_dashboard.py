@@ -36,7 +36,12 @@ SCHEMA_VERSION = 41  # what the pinned Grafana 12.1 writes; it migrates older ve
 PANEL_TYPES = {"row", "timeseries", "stat", "gauge", "bargauge", "table", "text"}
 ANGULAR_TYPES = {"graph", "singlestat", "table-old", "grafana-piechart-panel"}
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
-QUERY_VARIABLES = ("job", "instance", "pool_name")
+# Dashboard variable -> the label it lists.
+QUERY_VARIABLES = {
+    "job": "job",
+    "instance": "instance",
+    "pool_name": "db_client_connection_pool_name",
+}
 SELECTOR = re.compile(r"([A-Za-z_:][\w:]*)\{([^}]*)\}")
 
 
@@ -122,12 +127,12 @@ def test_datasources_resolve_to_the_provisioned_one(
 
 
 def test_query_variables(variables: dict[str, dict[str, Any]]) -> None:
-    for name in QUERY_VARIABLES:
+    for name, label_name in QUERY_VARIABLES.items():
         var = variables[name]
         assert var["type"] == "query" and var["multi"] and var["includeAll"], name
         assert var["datasource"] == DATASOURCE_REF, name
         selector, label = label_values_query(var["query"])
-        assert label == name
+        assert label == label_name
         assert selector is not None and metric_names(selector) <= KNOWN_METRICS, name
     # Each variable narrows down by the ones before it.
     assert 'job=~"$job"' in variables["instance"]["query"]
@@ -146,7 +151,7 @@ def test_every_selector_is_filtered_by_the_variables(
         for name, matchers in selectors:
             assert 'job=~"$job"' in matchers and 'instance=~"$instance"' in matchers, title
             if base_metric(name) in POOL_METRICS:
-                assert 'pool_name=~"$pool_name"' in matchers, title
+                assert 'db_client_connection_pool_name=~"$pool_name"' in matchers, title
 
 
 def test_ranges_use_rate_interval(targets: list[tuple[str, dict[str, Any]]]) -> None:

@@ -18,7 +18,7 @@ from monitor.pool_monitor import PoolMonitor
 from monitor.state.records import LeakClass
 from monitor.state.server import ACTIVITY_STATES
 from monitor.state.view import MonitorView
-from tests.metrics.conftest import POOL, holding, wait_for
+from tests.metrics.conftest import POOL_LABELS, holding, wait_for
 
 Sample = Callable[..., float | None]
 IDLE_IN_TX = "idle in transaction"
@@ -52,25 +52,25 @@ def test_nothing_is_exposed_before_the_monitor_exists() -> None:
 
 def test_used_and_idle_follow_held_connections(engine: Engine, sample: Sample) -> None:
     pool: Any = engine.pool
-    checkouts_before = sample(names.CHECKOUTS_TOTAL, pool_name=POOL)
+    checkouts_before = sample(names.CHECKOUTS_TOTAL, **POOL_LABELS)
     assert checkouts_before is not None
     with holding(engine, 2):
-        assert sample(names.CONNECTION_COUNT, pool_name=POOL, state="used") == 2
-        assert sample(names.CONNECTION_COUNT, pool_name=POOL, state="idle") == pool.checkedin()
-        assert sample(names.POOL_OVERFLOW, pool_name=POOL) == 0
-    assert sample(names.CONNECTION_COUNT, pool_name=POOL, state="used") == 0
-    idle = sample(names.CONNECTION_COUNT, pool_name=POOL, state="idle")
+        assert sample(names.CONNECTION_COUNT, **POOL_LABELS, **{names.STATE: "used"}) == 2
+        assert sample(names.CONNECTION_COUNT, **POOL_LABELS, **{names.STATE: "idle"}) == pool.checkedin()
+        assert sample(names.POOL_OVERFLOW, **POOL_LABELS) == 0
+    assert sample(names.CONNECTION_COUNT, **POOL_LABELS, **{names.STATE: "used"}) == 0
+    idle = sample(names.CONNECTION_COUNT, **POOL_LABELS, **{names.STATE: "idle"})
     assert idle is not None and idle >= 2  # both came back to the pool
-    assert sample(names.CHECKOUTS_TOTAL, pool_name=POOL) == checkouts_before + 2
-    assert sample(names.CONNECTION_MAX, pool_name=POOL) == 5  # pool_size 3 + max_overflow 2
-    assert sample(names.CONNECTION_IDLE_MAX, pool_name=POOL) == 3
-    assert sample(names.ACCOUNTING_DRIFT, pool_name=POOL) == 0
+    assert sample(names.CHECKOUTS_TOTAL, **POOL_LABELS) == checkouts_before + 2
+    assert sample(names.CONNECTION_MAX, **POOL_LABELS) == 5  # pool_size 3 + max_overflow 2
+    assert sample(names.CONNECTION_IDLE_MAX, **POOL_LABELS) == 3
+    assert sample(names.ACCOUNTING_DRIFT, **POOL_LABELS) == 0
 
 
 def test_overflow_counts_connections_beyond_pool_size(engine: Engine, sample: Sample) -> None:
     with holding(engine, 5):
-        assert sample(names.CONNECTION_COUNT, pool_name=POOL, state="used") == 5
-        assert sample(names.POOL_OVERFLOW, pool_name=POOL) == 2
+        assert sample(names.CONNECTION_COUNT, **POOL_LABELS, **{names.STATE: "used"}) == 5
+        assert sample(names.POOL_OVERFLOW, **POOL_LABELS) == 2
 
 
 def test_outside_idle_in_transaction_session_shows_after_a_probe(
@@ -98,24 +98,24 @@ def test_outside_idle_in_transaction_session_shows_after_a_probe(
 
 def test_a_leak_past_the_threshold_is_exposed_by_class(engine: Engine, sample: Sample) -> None:
     def leaked(leak_class: LeakClass) -> float | None:
-        return sample(names.LEAKED_CONNECTIONS, pool_name=POOL, **{"class": leak_class.value})
+        return sample(names.LEAKED_CONNECTIONS, **POOL_LABELS, **{"class": leak_class.value})
 
     assert [leaked(c) for c in LeakClass] == [0, 0, 0, 0]
     with holding(engine, 1, in_transaction=True):
         # Threshold 1 s; the sweep after each probe classifies it from pg_stat_activity.
         wait_for(lambda: leaked(LeakClass.IDLE_IN_TRANSACTION), lambda v: v == 1)
         assert sum(leaked(c) or 0 for c in LeakClass) == 1
-        total = sample(names.LEAKS_TOTAL, pool_name=POOL, **{"class": "idle_in_transaction"})
+        total = sample(names.LEAKS_TOTAL, **POOL_LABELS, **{"class": "idle_in_transaction"})
         assert total is not None and total >= 1
     assert [leaked(c) for c in LeakClass] == [0, 0, 0, 0]
     assert sum(
-        sample(names.LEAKS_TOTAL, pool_name=POOL, **{"class": c.value}) or 0 for c in LeakClass
+        sample(names.LEAKS_TOTAL, **POOL_LABELS, **{"class": c.value}) or 0 for c in LeakClass
     ) == 1  # fmt: skip
 
 
 def test_pool_timeout_counts_and_pending_request_shows(engine: Engine, sample: Sample) -> None:
-    assert sample(names.TIMEOUTS_TOTAL, pool_name=POOL) == 0
-    waits_before = sample(names.WAIT_TIME_SECONDS + "_count", pool_name=POOL) or 0
+    assert sample(names.TIMEOUTS_TOTAL, **POOL_LABELS) == 0
+    waits_before = sample(names.WAIT_TIME_SECONDS + "_count", **POOL_LABELS) or 0
     failures: list[BaseException] = []
 
     def wait_for_a_connection() -> None:
@@ -129,19 +129,19 @@ def test_pool_timeout_counts_and_pending_request_shows(engine: Engine, sample: S
         waiter.start()
         # The pool timeout is 1 s: the waiter is visible for about that long.
         wait_for(
-            lambda: sample(names.PENDING_REQUESTS, pool_name=POOL), lambda v: v == 1, timeout_s=0.9
+            lambda: sample(names.PENDING_REQUESTS, **POOL_LABELS), lambda v: v == 1, timeout_s=0.9
         )
         waiter.join(timeout=10)
         assert not waiter.is_alive()
     assert len(failures) == 1
-    assert sample(names.TIMEOUTS_TOTAL, pool_name=POOL) == 1
-    assert sample(names.PENDING_REQUESTS, pool_name=POOL) == 0
+    assert sample(names.TIMEOUTS_TOTAL, **POOL_LABELS) == 1
+    assert sample(names.PENDING_REQUESTS, **POOL_LABELS) == 0
     # Every checkout is a wait: five held ones, then the one that timed out.
-    assert sample(names.WAIT_TIME_SECONDS + "_count", pool_name=POOL) == waits_before + 6
+    assert sample(names.WAIT_TIME_SECONDS + "_count", **POOL_LABELS) == waits_before + 6
     # The timed-out wait (about 1 s) lands above the 0.5 s bucket.
     bucket = names.WAIT_TIME_SECONDS + "_bucket"
-    within_half = sample(bucket, pool_name=POOL, le="0.5") or 0
-    assert (sample(bucket, pool_name=POOL, le="+Inf") or 0) - within_half >= 1
+    within_half = sample(bucket, **POOL_LABELS, le="0.5") or 0
+    assert (sample(bucket, **POOL_LABELS, le="+Inf") or 0) - within_half >= 1
 
 
 def test_histograms_are_cumulative_and_end_at_inf(registry: CollectorRegistry) -> None:
@@ -209,8 +209,8 @@ def test_without_a_probe_no_server_series_at_all(monitor: PoolMonitor) -> None:
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
 def test_invalidations_by_kind(engine: Engine, sample: Sample, kind: str) -> None:
-    before = sample(names.INVALIDATIONS_TOTAL, pool_name=POOL, kind=kind)
+    before = sample(names.INVALIDATIONS_TOTAL, **POOL_LABELS, kind=kind)
     assert before == 0
     with engine.connect() as connection:
         connection.connection.invalidate(soft=kind == "soft")
-    assert sample(names.INVALIDATIONS_TOTAL, pool_name=POOL, kind=kind) == 1
+    assert sample(names.INVALIDATIONS_TOTAL, **POOL_LABELS, kind=kind) == 1

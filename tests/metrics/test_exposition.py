@@ -75,12 +75,12 @@ def test_exposed_families_are_exactly_the_contract(client: TestClient) -> None:
     for family in families:
         assert family.documentation.strip(), family.name
         for sample in family.samples:
-            has_pool = "pool_name" in sample.labels
+            has_pool = names.POOL_NAME in sample.labels
             base = family.name + ("_total" if family.type == "counter" else "")
             assert has_pool == (base in POOL_METRICS), sample
             assert base in POOL_METRICS | SERVER_METRICS
             if has_pool:
-                assert sample.labels["pool_name"] == POOL
+                assert sample.labels[names.POOL_NAME] == POOL
 
 
 def test_series_stay_the_same_after_churn_and_slow_statements(
@@ -89,7 +89,7 @@ def test_series_stay_the_same_after_churn_and_slow_statements(
     _wait_for_probe(client)
     before = _series(_scrape(client))
     slow_before = _sample(client, names.SLOW_QUERIES_TOTAL)
-    hard = {"pool_name": POOL, "kind": "hard"}
+    hard = {names.POOL_NAME: POOL, "kind": "hard"}
     invalidated_before = _sample(client, names.INVALIDATIONS_TOTAL, hard)
     connects_before = monitor.pool_snapshot().counters.connects
 
@@ -124,12 +124,12 @@ def test_scrape_is_fast_while_the_pool_is_exhausted(client: TestClient, engine: 
             started = time.perf_counter()
             body = _scrape(client)
             timings.append(time.perf_counter() - started)
-        assert f'db_client_connection_count{{pool_name="{POOL}",state="used"}} 5.0' in body
+        assert f'db_client_connection_count{{{names.POOL_NAME}="{POOL}",{names.STATE}="used"}} 5.0' in body
     assert statistics.median(timings) < 0.1, timings
 
 
 def _sample(client: TestClient, name: str, labels: dict[str, str] | None = None) -> float:
-    wanted = labels or {"pool_name": POOL}
+    wanted = labels or {names.POOL_NAME: POOL}
     for family in text_string_to_metric_families(_scrape(client)):
         for sample in family.samples:
             if sample.name == name and sample.labels == wanted:
