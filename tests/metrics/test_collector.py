@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -214,3 +215,24 @@ def test_invalidations_by_kind(engine: Engine, sample: Sample, kind: str) -> Non
     with engine.connect() as connection:
         connection.connection.invalidate(soft=kind == "soft")
     assert sample(names.INVALIDATIONS_TOTAL, **POOL_LABELS, kind=kind) == 1
+
+
+def test_buckets_reach_past_the_limits_they_measure(
+    registry: CollectorRegistry, monitor: PoolMonitor
+) -> None:
+    def bounds(name: str) -> list[float]:
+        (family,) = (f for f in registry.collect() if f.name == name)
+        return [float(s.labels["le"]) for s in family.samples if s.name == name + "_bucket"]
+
+    pool_timeout_s = monitor.pool_stats().timeout_s
+    assert pool_timeout_s is not None
+    wait = bounds(names.WAIT_TIME_SECONDS)
+    # A timed-out wait (the app's timeout, SQLAlchemy's default 30 s) is told from a long one.
+    assert any(pool_timeout_s < b < math.inf for b in wait) and max(wait[:-1]) > 30
+    assert min(wait) < 0.001  # an idle connection is handed out in well under a millisecond
+    use = bounds(names.USE_TIME_SECONDS)
+    leak_threshold_s = monitor.tracker.snapshot(None, detail=False).leak_threshold_s
+    assert any(leak_threshold_s < b < math.inf for b in use)
+    assert max(use[:-1]) >= 600  # a connection leaked for minutes is not read as the last bound
+    create = bounds(names.CREATE_TIME_SECONDS)
+    assert min(create) < 0.001 and max(create[:-1]) >= 5
