@@ -308,7 +308,8 @@ def _counter(name: str, documentation: str, labels: list[str], value: float) -> 
 def _histogram(
     name: str, documentation: str, labels: list[str], snapshot: HistogramSnapshot
 ) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, documentation, labels=_POOL)
+    # The unit OpenTelemetry's exporter declares for "s" (`# UNIT` in OpenMetrics).
+    family = HistogramMetricFamily(name, documentation, labels=_POOL, unit="seconds")
     buckets = [
         (_le(bound), float(count))
         for bound, count in zip(snapshot.bounds, snapshot.cumulative_counts, strict=True)

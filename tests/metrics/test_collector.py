@@ -57,7 +57,10 @@ def test_used_and_idle_follow_held_connections(engine: Engine, sample: Sample) -
     assert checkouts_before is not None
     with holding(engine, 2):
         assert sample(names.CONNECTION_COUNT, **POOL_LABELS, **{names.STATE: "used"}) == 2
-        assert sample(names.CONNECTION_COUNT, **POOL_LABELS, **{names.STATE: "idle"}) == pool.checkedin()
+        assert (
+            sample(names.CONNECTION_COUNT, **POOL_LABELS, **{names.STATE: "idle"})
+            == pool.checkedin()
+        )
         assert sample(names.POOL_OVERFLOW, **POOL_LABELS) == 0
     assert sample(names.CONNECTION_COUNT, **POOL_LABELS, **{names.STATE: "used"}) == 0
     idle = sample(names.CONNECTION_COUNT, **POOL_LABELS, **{names.STATE: "idle"})

@@ -124,7 +124,10 @@ def test_scrape_is_fast_while_the_pool_is_exhausted(client: TestClient, engine: 
             started = time.perf_counter()
             body = _scrape(client)
             timings.append(time.perf_counter() - started)
-        assert f'db_client_connection_count{{{names.POOL_NAME}="{POOL}",{names.STATE}="used"}} 5.0' in body
+        assert (
+            f'db_client_connection_count{{{names.POOL_NAME}="{POOL}",{names.STATE}="used"}} 5.0'
+            in body
+        )
     assert statistics.median(timings) < 0.1, timings
 
 
