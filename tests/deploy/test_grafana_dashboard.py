@@ -17,6 +17,7 @@ from tests.deploy.conftest import (
     DATASOURCE_FILE,
     KNOWN_METRICS,
     POOL_METRICS,
+    POSTGRES_EXPORTER_METRICS,
     PROMETHEUS_DIR,
     PROVIDER_FILE,
     base_metric,
@@ -41,7 +42,11 @@ QUERY_VARIABLES = {
     "job": "job",
     "instance": "instance",
     "pool_name": "db_client_connection_pool_name",
+    "pg_job": "job",
+    "pg_instance": "instance",
 }
+# Grafana units of per-second rates.
+RATE_UNITS = {"ops", "cps", "reqps"}
 SELECTOR = re.compile(r"([A-Za-z_:][\w:]*)\{([^}]*)\}")
 
 
@@ -137,6 +142,8 @@ def test_query_variables(variables: dict[str, dict[str, Any]]) -> None:
     # Each variable narrows down by the ones before it.
     assert 'job=~"$job"' in variables["instance"]["query"]
     assert 'instance=~"$instance"' in variables["pool_name"]["query"]
+    assert 'job=~"$pg_job"' in variables["pg_instance"]["query"]
+    assert "pg_up" in variables["pg_job"]["query"]  # postgres_exporter's own series
 
 
 def test_every_selector_is_filtered_by_the_variables(
@@ -149,6 +156,10 @@ def test_every_selector_is_filtered_by_the_variables(
         # A bare metric without {...} would escape the filters.
         assert {name for name, _ in selectors} == metric_names(expr), title
         for name, matchers in selectors:
+            if name in POSTGRES_EXPORTER_METRICS:  # postgres_exporter's job and instance
+                assert 'job=~"$pg_job"' in matchers, title
+                assert 'instance=~"$pg_instance"' in matchers, title
+                continue
             assert 'job=~"$job"' in matchers and 'instance=~"$instance"' in matchers, title
             if base_metric(name) in POOL_METRICS:
                 assert 'db_client_connection_pool_name=~"$pool_name"' in matchers, title
@@ -167,8 +178,30 @@ def test_dashboard_covers_every_exposed_metric(
     targets: list[tuple[str, dict[str, Any]]],
 ) -> None:
     used = {base_metric(n) for _, t in targets for n in metric_names(t["expr"])}
-    assert used <= BASE_METRICS, f"unknown metrics: {sorted(used - BASE_METRICS)}"
+    known = BASE_METRICS | POSTGRES_EXPORTER_METRICS
+    assert used <= known, f"unknown metrics: {sorted(used - known)}"
     assert BASE_METRICS - used == set(), "metrics without a panel"
+    assert {"pg_stat_activity_count", "pg_settings_max_connections"} <= used  # cluster-wide
+
+
+def test_counters_are_rates_per_second(panels: list[dict[str, Any]]) -> None:
+    for panel in panels:
+        exprs = [t["expr"] for t in panel.get("targets", [])]
+        assert not any("increase(" in e for e in exprs), f"{panel['title']}: increase()"
+        counters = [n for e in exprs for n in metric_names(e) if n.endswith(("_total", "_bucket"))]
+        for expr in exprs:
+            for name in metric_names(expr):
+                if name.endswith("_total"):
+                    assert f"rate({name}" in expr, f"{panel['title']}: {name} not as rate()"
+        only_rates = all(any(n.endswith("_total") for n in metric_names(e)) for e in exprs)
+        if counters and only_rates:
+            assert panel["fieldConfig"]["defaults"]["unit"] in RATE_UNITS, panel["title"]
+
+
+def test_pool_worst_case_is_set_against_max_connections(panels: list[dict[str, Any]]) -> None:
+    (headroom,) = (p for p in panels if p["title"] == "max_connections headroom")
+    exprs = " ".join(t["expr"] for t in headroom["targets"])
+    assert "sum(db_client_connection_max{" in exprs and "pg_settings_max_connections{" in exprs
 
 
 def test_panel_queries_substitute_everything() -> None:

@@ -16,10 +16,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from monitor.metrics import names
 from monitor.metrics.collector import MonitorCollector
 from monitor.pool_monitor import PoolMonitor
+from monitor.settings import Settings
 from monitor.state.records import LeakClass
 from monitor.state.server import ACTIVITY_STATES
-from monitor.state.view import MonitorView
-from tests.metrics.conftest import POOL_LABELS, holding, wait_for
+from monitor.state.view import MonitorView, build_view
+from tests.metrics.conftest import OUTSIDE_APPLICATION, POOL_LABELS, holding, wait_for
 
 Sample = Callable[..., float | None]
 IDLE_IN_TX = "idle in transaction"
@@ -77,27 +78,86 @@ def test_overflow_counts_connections_beyond_pool_size(engine: Engine, sample: Sa
         assert sample(names.POOL_OVERFLOW, **POOL_LABELS) == 2
 
 
-def test_outside_idle_in_transaction_session_shows_after_a_probe(
-    outside_session: Any, sample: Sample, monitor: PoolMonitor
+def test_the_apps_idle_in_transaction_session_shows_and_outside_ones_do_not(
+    outside_session: Any,
+    engine: Engine,
+    sample: Sample,
+    monitor: PoolMonitor,
+    app_settings: Settings,
 ) -> None:
     datname = monitor.engine.url.database
     assert datname
+    app_name = app_settings.application_name  # what the app's engine connects with
 
     def idle_in_tx() -> tuple[float | None, float | None]:
+        labels = {"datname": datname, "application_name": app_name, "state": IDLE_IN_TX}
         return (
-            sample(names.ACTIVITY_COUNT, datname=datname, state=IDLE_IN_TX),
-            sample(names.ACTIVITY_MAX_TX_DURATION, datname=datname, state=IDLE_IN_TX),
+            sample(names.SERVER_SESSIONS, **labels),
+            sample(names.SERVER_MAX_TRANSACTION_SECONDS, **labels),
         )
 
-    # The transaction is open since the fixture ran, so its age keeps growing past 0.5 s.
-    count, age = wait_for(idle_in_tx, lambda v: (v[0] or 0) >= 1 and (v[1] or 0) >= 0.5)
-    assert count is not None and count >= 1
-    assert age is not None and 0.5 <= age < 120
-    assert sample(names.PG_UP) == 1
-    # postgres_exporter's contract: every state of the database is present, 0 when empty.
+    with holding(engine, 1, in_transaction=True):
+        # The transaction stays open, so its age keeps growing past 0.5 s.
+        count, age = wait_for(idle_in_tx, lambda v: (v[0] or 0) >= 1 and (v[1] or 0) >= 0.5)
+        assert count == 1
+        assert age is not None and 0.5 <= age < 120
+    assert sample(names.SERVER_UP) == 1
+    # Every state of the app's sessions is present, 0 when empty; the outside session (its
+    # own application_name) is postgres_exporter's business, not this app's series.
     for state in ACTIVITY_STATES:
-        assert sample(names.ACTIVITY_COUNT, datname=datname, state=state) is not None, state
-        assert sample(names.ACTIVITY_MAX_TX_DURATION, datname=datname, state=state) is not None
+        labels = {"datname": datname, "application_name": app_name, "state": state}
+        assert sample(names.SERVER_SESSIONS, **labels) is not None, state
+        assert sample(names.SERVER_MAX_TRANSACTION_SECONDS, **labels) is not None, state
+        outside = {**labels, "application_name": OUTSIDE_APPLICATION}
+        assert sample(names.SERVER_SESSIONS, **outside) is None
+
+
+def test_server_limits_are_the_servers_and_reserved_absent_before_16(
+    monitor: PoolMonitor, sample: Sample, wait_probed: Callable[[], None]
+) -> None:
+    wait_probed()
+    with monitor.engine.connect() as connection:
+        settings = dict(
+            connection.exec_driver_sql(
+                "SELECT name, setting FROM pg_settings WHERE name IN "
+                "('max_connections', 'superuser_reserved_connections', 'reserved_connections',"
+                " 'server_version_num')"
+            ).all()
+        )
+    assert sample(names.SERVER_MAX_CONNECTIONS) == int(settings["max_connections"])
+    assert sample(names.SERVER_SUPERUSER_RESERVED_CONNECTIONS) == int(
+        settings["superuser_reserved_connections"]
+    )
+    reserved = sample(names.SERVER_RESERVED_CONNECTIONS)
+    if int(settings["server_version_num"]) >= 160000:
+        assert reserved == int(settings["reserved_connections"])
+    else:
+        assert "reserved_connections" not in settings and reserved is None
+    ratio = sample(names.SERVER_CONNECTIONS_USED_RATIO)
+    assert ratio is not None and 0 < ratio <= 1
+
+
+def test_used_ratio_stays_within_one_when_superusers_fill_the_reserved_slots(
+    monitor: PoolMonitor, wait_probed: Callable[[], None]
+) -> None:
+    wait_probed()
+
+    def full(view: MonitorView) -> MonitorView:
+        # The case: 19 client sessions on a 20-connection server, 3 slots reserved.
+        sample = view.server.last_sample
+        assert sample is not None
+        crowded = dataclasses.replace(
+            sample,
+            total_client_sessions=19,
+            settings=dataclasses.replace(
+                sample.settings, max_connections=20, superuser_reserved_connections=3
+            ),
+        )
+        server = dataclasses.replace(view.server, last_sample=crowded)
+        return build_view(view.pool, view.pool_stats, server, view.app)
+
+    registry = _registry_of(_Replaced(monitor, full, probe=True))
+    assert registry.get_sample_value(names.SERVER_CONNECTIONS_USED_RATIO) == 19 / 20
 
 
 def test_a_leak_past_the_threshold_is_exposed_by_class(engine: Engine, sample: Sample) -> None:
@@ -161,7 +221,7 @@ def test_histograms_are_cumulative_and_end_at_inf(registry: CollectorRegistry) -
         assert count == counts[-1] >= 1, name  # the app opened and used a connection at startup
 
 
-def test_down_server_exposes_pg_up_0_and_probe_metrics_not_stale_sessions(
+def test_down_server_exposes_up_0_and_probe_metrics_not_stale_sessions(
     monitor: PoolMonitor, wait_probed: Callable[[], None]
 ) -> None:
     wait_probed()  # a real sample exists: the collector must still refuse to show it
@@ -172,15 +232,15 @@ def test_down_server_exposes_pg_up_0_and_probe_metrics_not_stale_sessions(
 
     registry = _registry_of(_Replaced(monitor, down, probe=True))
     exposed = {f.name for f in registry.collect()}
-    assert registry.get_sample_value(names.PG_UP) == 0
+    assert registry.get_sample_value(names.SERVER_UP) == 0
     assert registry.get_sample_value(names.PROBE_ERRORS_TOTAL) == 3
     assert registry.get_sample_value(names.PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS) is not None
     assert registry.get_sample_value(names.PROBE_DURATION_SECONDS) is not None
     stale = {
-        names.ACTIVITY_COUNT,
-        names.ACTIVITY_MAX_TX_DURATION,
-        names.MAX_CONNECTIONS,
-        names.BLOCKED_SESSIONS,
+        names.SERVER_SESSIONS,
+        names.SERVER_MAX_TRANSACTION_SECONDS,
+        names.SERVER_MAX_CONNECTIONS,
+        names.SERVER_BLOCKED_SESSIONS,
         names.SERVER_CONNECTIONS_USED_RATIO,
         names.ORPHAN_SESSIONS,
         names.PHANTOM_CONNECTIONS,
@@ -190,7 +250,7 @@ def test_down_server_exposes_pg_up_0_and_probe_metrics_not_stale_sessions(
     assert names.CONNECTION_COUNT in exposed  # the pool side does not depend on the server
 
 
-def test_before_the_first_probe_pg_up_is_0_and_no_success_time(monitor: PoolMonitor) -> None:
+def test_before_the_first_probe_up_is_0_and_no_success_time(monitor: PoolMonitor) -> None:
     def not_probed(view: MonitorView) -> MonitorView:
         server = dataclasses.replace(
             view.server, up=None, last_sample=None, last_success_at=None, probe_durations_s=()
@@ -198,7 +258,7 @@ def test_before_the_first_probe_pg_up_is_0_and_no_success_time(monitor: PoolMoni
         return dataclasses.replace(view, server=server)
 
     registry = _registry_of(_Replaced(monitor, not_probed, probe=True))
-    assert registry.get_sample_value(names.PG_UP) == 0
+    assert registry.get_sample_value(names.SERVER_UP) == 0
     exposed = {f.name for f in registry.collect()}
     assert names.PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS not in exposed
     assert names.PROBE_DURATION_SECONDS not in exposed
@@ -208,7 +268,7 @@ def test_without_a_probe_no_server_series_at_all(monitor: PoolMonitor) -> None:
     registry = _registry_of(_Replaced(monitor, lambda view: view, probe=False))
     exposed = {f.name for f in registry.collect()}
     assert names.CONNECTION_COUNT in exposed
-    assert names.PG_UP not in exposed and names.PROBE_ERRORS_TOTAL not in exposed
+    assert names.SERVER_UP not in exposed and names.PROBE_ERRORS_TOTAL not in exposed
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
