@@ -3,12 +3,16 @@ series, and fast while the pool is exhausted."""
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
@@ -140,3 +144,49 @@ def _sample(client: TestClient, name: str, labels: dict[str, str] | None = None)
             if sample.name == name and sample.labels == wanted:
                 return sample.value
     raise AssertionError(f"{name}{wanted} not exposed")
+
+
+OPENMETRICS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)  # what Prometheus sends
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(client: TestClient) -> None:
+    _wait_for_probe(client)
+    response = client.get("/metrics", headers={"Accept": OPENMETRICS_ACCEPT})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    body = response.text
+    assert body.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(body)}
+    wait = families[names.WAIT_TIME_SECONDS]
+    assert wait.type == "histogram" and wait.unit == "seconds"
+    assert families[names.TIMEOUTS_TOTAL.removesuffix("_total")].type == "counter"
+    # The same series as the classic text format, whichever format was chosen.
+    classic = client.get("/metrics", headers={"Accept": "text/plain"})
+    assert classic.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert {s.name for f in families.values() for s in f.samples} == {
+        s.name for f in text_string_to_metric_families(classic.text) for s in f.samples
+    }
+    assert "Accept" in response.headers["vary"]
+
+
+def test_gzip_only_when_accepted(client: TestClient) -> None:
+    compressed = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert compressed.headers["content-encoding"] == "gzip"
+    # httpx decoded it: fewer bytes came over the wire than the text it decoded to.
+    assert compressed.num_bytes_downloaded < len(compressed.content) / 3
+    assert "db_client_connection_max" in compressed.text
+    plain = client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert plain.num_bytes_downloaded == len(plain.content)
+    assert "Accept-Encoding" in plain.headers["vary"]
+
+
+def test_metrics_handler_runs_off_the_event_loop(client: TestClient) -> None:
+    # A plain function: Starlette runs it in its threadpool, so a slow collection or the gzip
+    # of a large body never blocks the loop that serves the app's requests.
+    (route,) = [r for r in client.app.routes if getattr(r, "path", None) == "/metrics"]  # type: ignore[attr-defined]
+    endpoint = route.endpoint  # type: ignore[attr-defined]
+    assert not inspect.iscoroutinefunction(endpoint)
