@@ -49,7 +49,7 @@ class MonitorCollector(Collector):
             return
         view = monitor.view(detail=False)
         yield from pool_families(view)
-        # Without a probe there is no server view at all; pg_up 0 would claim the server is down.
+        # Without a probe there is no server view at all; an up of 0 would claim the server is down.
         if monitor.probe_enabled:
             yield from server_families(view)
             yield from probe_families(view.server)
