@@ -184,6 +184,7 @@ def pool_families(view: MonitorView) -> Iterator[Metric]:
     )
 
 
+_SAME_EVERYWHERE = "The same from every app instance: aggregate with max, not sum."
 # reserved_connections exists from PostgreSQL 16 on; before, the series is absent, not 0.
 RESERVED_CONNECTIONS_SINCE = 160000
 
@@ -207,25 +208,27 @@ def server_families(view: MonitorView) -> Iterator[Metric]:
     settings = sample.settings
     yield GaugeMetricFamily(
         names.SERVER_MAX_CONNECTIONS,
-        "The server's max_connections setting.",
+        "The server's max_connections setting. " + _SAME_EVERYWHERE,
         value=settings.max_connections,
     )
     yield GaugeMetricFamily(
         names.SERVER_SUPERUSER_RESERVED_CONNECTIONS,
-        "The server's superuser_reserved_connections setting.",
+        "The server's superuser_reserved_connections setting. " + _SAME_EVERYWHERE,
         value=settings.superuser_reserved_connections,
     )
     if settings.server_version_num >= RESERVED_CONNECTIONS_SINCE:
         yield GaugeMetricFamily(
             names.SERVER_RESERVED_CONNECTIONS,
-            "The server's reserved_connections setting (PostgreSQL 16 and later only).",
+            "The server's reserved_connections setting (PostgreSQL 16 and later only). "
+            + _SAME_EVERYWHERE,
             value=settings.reserved_connections,
         )
     blocked = Counter({sample.database: 0})
     blocked.update(b.datname or sample.database for b in blocked_sessions(sample))
     family = GaugeMetricFamily(
         names.SERVER_BLOCKED_SESSIONS,
-        "Sessions of the app's database waiting on a lock held by another session.",
+        "Sessions of the app's database waiting on a lock held by another session. "
+        + _SAME_EVERYWHERE,
         labels=[names.DATNAME],
     )
     for datname, number in sorted(blocked.items()):
@@ -234,7 +237,7 @@ def server_families(view: MonitorView) -> Iterator[Metric]:
     if view.capacity.used_ratio is not None:
         yield GaugeMetricFamily(
             names.SERVER_CONNECTIONS_USED_RATIO,
-            "Client sessions on the whole server over max_connections (0-1).",
+            "Client sessions on the whole server over max_connections (0-1). " + _SAME_EVERYWHERE,
             value=view.capacity.used_ratio,
         )
     pool_label = [view.pool.pool_name]
@@ -268,12 +271,14 @@ def _app_session_families(sample: ServerSample, application_names: list[str]) ->
     """This app's sessions (every instance's: they share the application_name) by state."""
     count = GaugeMetricFamily(
         names.SERVER_SESSIONS,
-        "Sessions of this app (its application_name, every instance) on its database, by state.",
+        "Sessions of this app (its application_name, every instance) on its database, by state. "
+        + _SAME_EVERYWHERE,
         labels=[names.DATNAME, names.APPLICATION_NAME, names.SERVER_STATE],
     )
     age = GaugeMetricFamily(
         names.SERVER_MAX_TRANSACTION_SECONDS,
-        "Seconds the oldest open transaction of this app's sessions has run, by state (0: none).",
+        "Seconds the oldest open transaction of this app's sessions has run, by state (0: none). "
+        + _SAME_EVERYWHERE,
         labels=[names.DATNAME, names.APPLICATION_NAME, names.SERVER_STATE],
     )
     for application_name in application_names:

@@ -124,7 +124,8 @@ def test_only_what_needs_a_human_now_pages() -> None:
 
 def _runbook_sections() -> dict[str, str]:
     text = RUNBOOKS.read_text(encoding="utf-8")
-    parts = re.split(r"^## (.+)$", text, flags=re.MULTILINE)
+    # Sections may nest (`## PgBouncer` holding `### PgBouncerSomething`).
+    parts = re.split(r"^#{2,4} (.+)$", text, flags=re.MULTILINE)
     return {title.strip(): body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
