@@ -258,3 +258,12 @@ def test_substitute(expr: str, expected: str) -> None:
 )
 def test_metric_names(expr: str, expected: set[str]) -> None:
     assert metric_names(expr) == expected
+
+
+def test_server_facts_are_never_summed_over_instances(
+    targets: list[tuple[str, dict[str, Any]]],
+) -> None:
+    # Every instance reports the same pool_monitor_server_* numbers: max, never sum.
+    summed = re.compile(r"\bsum\s*(?:by\s*\([^)]*\)\s*)?\(\s*pool_monitor_server_")
+    for title, target in targets:
+        assert not summed.search(target["expr"]), title
