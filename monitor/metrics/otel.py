@@ -34,6 +34,12 @@ WAIT_TIME = "db.client.connection.wait_time"
 USE_TIME = "db.client.connection.use_time"
 CREATE_TIME = "db.client.connection.create_time"
 
+# Name, description and the same bucket bounds as `/metrics`.
+_HISTOGRAMS = (
+    (WAIT_TIME, "Seconds a checkout waited for a connection.", WAIT_TIME_BUCKETS_S),
+    (USE_TIME, "Seconds a connection stayed checked out.", USE_TIME_BUCKETS_S),
+    (CREATE_TIME, "Seconds taken to open a new connection.", CREATE_TIME_BUCKETS_S),
+)
 _EPSILON = 1e-9  # a replayed value sits strictly above its bucket's lower bound
 
 
@@ -48,8 +54,11 @@ class _Replayed:
 class PoolInstruments:
     """Observable instruments over one monitor; `register` them on a Meter once."""
 
-    def __init__(self, get_monitor: Callable[[], PoolMonitor | None]) -> None:
+    def __init__(
+        self, get_monitor: Callable[[], PoolMonitor | None], *, histograms: bool = True
+    ) -> None:
         self._get_monitor = get_monitor
+        self._with_histograms = histograms
         self._view: MonitorView | None = None
         self._histograms: dict[str, Histogram] = {}
         self._replayed: dict[tuple[str, str], _Replayed] = {}
@@ -57,11 +66,7 @@ class PoolInstruments:
     def register(self, meter: Meter) -> None:
         """Creates the instruments; callbacks run in this order at every collection."""
         # The histograms first: the count callback (the first to run) feeds them.
-        for name, description, bounds in (
-            (WAIT_TIME, "Seconds a checkout waited for a connection.", WAIT_TIME_BUCKETS_S),
-            (USE_TIME, "Seconds a connection stayed checked out.", USE_TIME_BUCKETS_S),
-            (CREATE_TIME, "Seconds taken to open a new connection.", CREATE_TIME_BUCKETS_S),
-        ):
+        for name, description, bounds in _HISTOGRAMS if self._with_histograms else ():
             self._histograms[name] = meter.create_histogram(
                 name,
                 unit="s",
@@ -135,7 +140,7 @@ class PoolInstruments:
     def _read(self) -> MonitorView | None:
         monitor = self._get_monitor()
         self._view = None if monitor is None else monitor.view(detail=False)
-        if self._view is not None:
+        if self._view is not None and self._with_histograms:
             pool = self._view.pool
             for name, snapshot in (
                 (WAIT_TIME, pool.wait_time),
@@ -148,6 +153,8 @@ class PoolInstruments:
     def _replay(self, name: str, pool_name: str, snapshot: HistogramSnapshot) -> None:
         # OpenTelemetry has no observable histogram: the samples new since the last collection
         # are recorded again, bucket by bucket, so every bucket count and the sum are exact.
+        # One SDK record per sample (several microseconds each, in the reader's thread): at
+        # thousands of checkouts per second, `histograms=False` keeps only the cheap instruments.
         key = (name, pool_name)
         before = self._replayed.get(key)
         if before is None or any(
@@ -192,8 +199,8 @@ def replay_values(bounds: tuple[float, ...], counts: list[int], total: float) ->
         yield from [lo + share * (hi - lo)] * n_i
 
 
-def register(meter: Meter, monitor: PoolMonitor) -> PoolInstruments:
+def register(meter: Meter, monitor: PoolMonitor, *, histograms: bool = True) -> PoolInstruments:
     """The pool instruments of `monitor` on `meter` (`meter_provider.get_meter(SCOPE)`)."""
-    instruments = PoolInstruments(lambda: monitor)
+    instruments = PoolInstruments(lambda: monitor, histograms=histograms)
     instruments.register(meter)
     return instruments

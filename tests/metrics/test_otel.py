@@ -171,3 +171,15 @@ def test_replayed_values_keep_buckets_and_sum(counts: list[int], total: float) -
     assert buckets == counts
     if total > 0:
         assert sum(values) == pytest.approx(total)
+
+
+def test_without_histograms_only_the_cheap_instruments(monitor: PoolMonitor) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        otel.register(provider.get_meter(otel.SCOPE), monitor, histograms=False)
+        data = reader.get_metrics_data()
+        assert _points(data, otel.WAIT_TIME) == []
+        assert _value(data, "db.client.connection.max") == 5
+    finally:
+        provider.shutdown()
