@@ -107,7 +107,8 @@ class PoolInstruments:
     # ---- callbacks -------------------------------------------------------------------------
 
     def _count(self, options: CallbackOptions) -> Iterable[Observation]:
-        # The first callback of a collection takes the view the others reuse.
+        # The first callback of a collection takes the view the others reuse: the SDK runs the
+        # callbacks of a collection in registration order, one collection at a time (its lock).
         view = self._read()
         if view is None:
             return []
