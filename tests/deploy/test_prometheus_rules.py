@@ -3,13 +3,23 @@ and each alert's runbook section in docs/runbooks.md."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import KNOWN_METRICS, PROMETHEUS_DIR, REPO, load_yaml, run_tool
-from tests.deploy.grafana_queries import metric_names
+from monitor.web.routes import LAYOUT
+from tests.deploy.conftest import (
+    DASHBOARD,
+    KNOWN_METRICS,
+    PROMETHEUS_DIR,
+    REPO,
+    load_yaml,
+    run_tool,
+)
+from tests.deploy.grafana_queries import iter_panels, metric_names
 
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
@@ -122,6 +132,10 @@ def test_only_what_needs_a_human_now_pages() -> None:
     assert paging == PAGING
 
 
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def _runbook_sections() -> dict[str, str]:
     text = RUNBOOKS.read_text(encoding="utf-8")
     # Sections may nest (`## PgBouncer` holding `### PgBouncerSomething`).
@@ -166,3 +180,20 @@ def test_rules_avoid_what_prometheus_3_changed(rule: dict[str, Any]) -> None:
     expr = rule["expr"]
     assert "holt_winters" not in expr
     assert not re.search(r"\b(le|quantile)\s*=~?", expr)
+
+
+def test_runbooks_name_panels_that_exist() -> None:
+    # "Confirm" steps point at Grafana panels, rows and lines, and at the monitor's own page
+    # sections, by their quoted titles.
+    panels = list(iter_panels(load_json(DASHBOARD)["panels"]))
+    titles = {panel.get("title") for panel in panels}
+    titles |= {t.get("legendFormat") for panel in panels for t in panel.get("targets", [])}
+    titles |= {title for _, title, _ in LAYOUT}
+    quoted = {
+        title
+        for body in _runbook_sections().values()
+        for confirm in re.findall(r"\*\*Confirm\.\*\*(.*?)(?:\*\*Do\.\*\*)", body, re.DOTALL)
+        for title in re.findall(r'"([^"]+)"', confirm.replace("\n", " "))
+    }
+    assert quoted, "no panel named"
+    assert quoted - titles - {"Targets", "Configuration"} == set()  # Prometheus' own pages
