@@ -124,7 +124,7 @@ def pool_families(view: MonitorView) -> Iterator[Metric]:
     current = Counter(leak.leak_class.value for leak in pool.leaks)
     leaked = GaugeMetricFamily(
         names.LEAKED_CONNECTIONS,
-        "Connections held past the leak threshold right now, by what the server sees them do.",
+        "Suspected leaks right now: outlived_owner, or what the server sees them do.",
         labels=[names.POOL_NAME, names.CLASS],
     )
     leaks_total = CounterMetricFamily(
