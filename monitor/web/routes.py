@@ -34,18 +34,19 @@ POLL_TIMEOUT_MS = 10_000
 TOKEN_COOKIE = "pool_monitor_session"
 HISTORY_ATTR = "monitor_gauge_history"
 
-# Dashboard layout: (panel, title, width in grid columns of 12).
+# Dashboard layout: (panel, title, width in grid columns of 12). What is wrong now comes first
+# (timeouts, leaks, holders); a panel with nothing to say collapses to one line (app.css).
 LAYOUT: tuple[tuple[str, str, int], ...] = (
-    ("gauges", "Pool", 12),
-    ("held", "Checked-out connections", 12),
+    ("timeouts", "Pool timeouts", 12),
     ("leaks", "Suspected leaks", 12),
+    ("held", "Checked-out connections", 12),
+    ("gauges", "Pool", 12),
+    ("slow", "Slow statements", 12),
     ("rules", "Connection guide rules", 6),
     ("server", "Server sessions and capacity", 6),
-    ("probe", "Server probe", 4),
     ("blocking", "Blocked and blocking sessions", 4),
     ("orphans", "Orphans and phantoms", 4),
-    ("slow", "Slow queries", 8),
-    ("timeouts", "Pool timeouts", 4),
+    ("probe", "Server probe", 4),
 )
 _NO_STORE = {"Cache-Control": "no-store"}
 _history_lock = threading.Lock()
