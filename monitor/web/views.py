@@ -804,7 +804,11 @@ def _multi_evidence(view: MonitorView, ctx: RenderContext) -> tuple[str, ...]:
     for record in view.pool.multi_connection_requests:
         if record.at < cutoff:
             continue
-        where = ", ".join(site_summary(site_frames(site, ctx.cwd)) for site in record.sites)
+        taken: dict[str, int] = {}
+        for site in record.sites:
+            summary = site_summary(site_frames(site, ctx.cwd))
+            taken[summary] = taken.get(summary, 0) + 1
+        where = ", ".join(f"{s} (x{n})" if n > 1 else s for s, n in taken.items())
         line = f"{record.route} held {record.connections} at once" + (
             f", taken at {where}" if where else ""
         )

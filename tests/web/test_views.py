@@ -267,7 +267,7 @@ def test_status_reason_names_a_past_gc_reclaim_and_when_it_clears() -> None:
     rows = {row.rule: row for row in views.build_rules(view, CTX).rows}
     assert rows["One session per request"].status == "warn"
     assert rows["One session per request"].evidence == (
-        "POST /orders held 3 at once, taken at app/routes.py:42, app/routes.py:42, app/main.py:7",
+        "POST /orders held 3 at once, taken at app/routes.py:42 (x2), app/main.py:7",
     )
     # Outside the window the same records are history, not a verdict.
     later = make_view(pool(taken_at=NOW + 1000, gc_reclaims=(reclaim,)))
