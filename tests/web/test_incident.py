@@ -62,7 +62,7 @@ def test_exhausted_pool_reads_as_one_group_fits_and_recovers(
 ) -> None:
     from playwright.sync_api import expect
 
-    app, base_url = incident
+    _, base_url = incident
     page = new_page()
     page.goto(f"{base_url}/monitor/")
     page.wait_for_function("() => window.htmx !== undefined", timeout=10_000)
