@@ -42,11 +42,11 @@ LAYOUT: tuple[tuple[str, str, int], ...] = (
     ("held", "Checked-out connections", 12),
     ("gauges", "Pool", 12),
     ("slow", "Slow statements", 12),
-    ("rules", "Connection guide rules", 6),
-    ("server", "Server sessions and capacity", 6),
-    ("blocking", "Blocked and blocking sessions", 4),
-    ("orphans", "Orphans and phantoms", 4),
+    ("blocking", "Blocked and blocking sessions", 12),
+    ("orphans", "Orphans and phantoms", 12),
     ("probe", "Server probe", 4),
+    ("rules", "Connection guide rules", 12),
+    ("server", "Server sessions and capacity", 12),
 )
 _NO_STORE = {"Cache-Control": "no-store"}
 _history_lock = threading.Lock()

@@ -25,7 +25,9 @@ from tests.web.conftest import CDN, serve
 
 pytestmark = pytest.mark.browser
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"  # the README shows dashboard.png (the incident) and dashboard-calm.png
+ARTIFACTS = ROOT / "artifacts"
 DEMO_HEADERS = {"HX-Request": "true"}
 WINDOW_S = 4.0  # the verdict window of these tests: short, so the header recovers soon
 OUTSIDE_SESSIONS = 60
@@ -99,11 +101,13 @@ def test_exhausted_pool_reads_as_one_group_fits_and_recovers(
     groups.first.locator("summary").click()
     expect(groups.first.locator("table.conns tbody tr")).to_have_count(5)
 
+    ARTIFACTS.mkdir(exist_ok=True)
     for width in (390, 1440):
         page.set_viewport_size({"width": width, "height": 1000})
         page.wait_for_timeout(300)  # one layout pass after the resize
         assert _no_horizontal_overflow(page), f"the page overflows at {width} px"
-    page.screenshot(path=str(DOCS / "dashboard-incident.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / f"dashboard-incident-{width}.png"), full_page=True)
+    page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
 
     assert httpx.post(f"{base_url}/demo/release", headers=DEMO_HEADERS, timeout=10).is_success
     # Nothing recurs: once the window has passed since the last event, OK by itself.
