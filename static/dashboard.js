@@ -51,6 +51,13 @@
     });
   });
 
+  // ---- a hidden tab skips its polls (nobody looks); shown again, the next tick polls.
+  document.addEventListener("htmx:confirm", function (event) {
+    if (event.target && event.target.id === "poller" && document.visibilityState !== "visible") {
+      event.preventDefault();
+    }
+  });
+
   // ---- a dashboard that silently stops refreshing looks healthy: a failed poll says so.
   var refreshedAt = new Date();
   document.addEventListener("htmx:afterRequest", function (event) {

@@ -426,33 +426,28 @@ def holder_groups(
         key = (holder_label(item.connection.holder), site_summary(site))
         by_key.setdefault(key, []).append(item)
         sites.setdefault(key, site)
-    groups = []
+    ranked: list[tuple[int, float, HolderGroup]] = []
     for (route, summary), members in by_key.items():
         rows = tuple(_connection_row(view, member) for member in members)
         status = min((row.status for row in rows), key=lambda s: _STATUS_ORDER.get(s, 2))
         leaks = [row.leak for row in rows if row.leak]
-        groups.append(
-            HolderGroup(
-                key=f"group-{route}-{summary}",
-                route=route,
-                site_summary=summary,
-                site=sites[(route, summary)],
-                count=len(rows),
-                ages=_age_range([m.connection.held_for_s for m in members]),
-                state=_worst_state([row.server_state for row in rows]),
-                status=status,
-                leak=leaks[0] if leaks else "",
-                rows=rows,
-            )
+        ages = [m.connection.held_for_s for m in members]
+        group = HolderGroup(
+            key=f"group-{route}-{summary}",
+            route=route,
+            site_summary=summary,
+            site=sites[(route, summary)],
+            count=len(rows),
+            ages=_age_range(ages),
+            state=_worst_state([row.server_state for row in rows]),
+            status=status,
+            leak=leaks[0] if leaks else "",
+            rows=rows,
         )
-    oldest = {
-        group.key: max(
-            (m.connection.held_for_s or 0.0) for m in by_key[(group.route, group.site_summary)]
-        )
-        for group in groups
-    }
-    groups.sort(key=lambda g: (_STATUS_ORDER.get(g.status, 2), -oldest[g.key]))
-    return tuple(groups)
+        oldest = max((age or 0.0) for age in ages)
+        ranked.append((_STATUS_ORDER.get(status, 2), -oldest, group))
+    ranked.sort(key=lambda item: item[:2])
+    return tuple(group for _, _, group in ranked)
 
 
 def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
