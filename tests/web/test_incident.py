@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"  # the README shows dashboard.png (the incident) and dashboard-calm.png
 ARTIFACTS = ROOT / "artifacts"
 DEMO_HEADERS = {"HX-Request": "true"}
-WINDOW_S = 15.0  # the verdict window here: the incident stays on screen for the screenshot, then clears
+# The verdict window here: the incident stays on screen for the screenshot, then clears.
+WINDOW_S = 15.0
 OUTSIDE_SESSIONS = 60
 POLL_BUDGET_BYTES = 60_000
 
