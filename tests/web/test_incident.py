@@ -169,3 +169,25 @@ def test_a_poll_with_sixty_outside_sessions_stays_small(
     finally:
         for conn in sessions:
             conn.close()
+
+
+def test_a_hidden_tab_skips_its_polls_and_resumes_when_shown(
+    incident: tuple[FastAPI, str], new_page: Callable[[], Any]
+) -> None:
+    _, base_url = incident
+    page = new_page()
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/partials") else None)
+    page.goto(f"{base_url}/monitor/")
+    with page.expect_request(lambda request: request.url.endswith("/monitor/partials")):
+        page.wait_for_function("() => window.htmx !== undefined", timeout=10_000)
+    page.evaluate(
+        "Object.defineProperty(document, 'visibilityState', {get: () => window.__shown ? "
+        "'visible' : 'hidden', configurable: true})"
+    )
+    page.wait_for_timeout(500)  # a poll already in flight may still land
+    before = len(polls)
+    page.wait_for_timeout(4_500)  # two poll periods
+    assert len(polls) == before, "a hidden tab polled"
+    with page.expect_request(lambda request: request.url.endswith("/monitor/partials")):
+        page.evaluate("window.__shown = true")
