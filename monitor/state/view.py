@@ -226,8 +226,9 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     if stats.recycle_s is None:
         problems.append("no pool_recycle")
     settings_text = (
-        f"pool_size {stats.size}, max_overflow {stats.max_overflow}, timeout {stats.timeout_s}s, "
-        f"recycle {stats.recycle_s}s, pre_ping {'on' if stats.pre_ping else 'off'}"
+        f"pool_size {stats.size}, max_overflow {stats.max_overflow}, "
+        f"timeout {_seconds(stats.timeout_s)}, recycle {_seconds(stats.recycle_s)}, "
+        f"pre_ping {'on' if stats.pre_ping else 'off'}"
     )
     pool_status = "ok" if not problems else ("fail" if "server" in problems[0] else "warn")
     timeouts = [t for t in pool.timeouts if t.at >= cutoff]
@@ -270,6 +271,10 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
                     + ("" if secure else " (local connection)" if app.host_is_local else " on a remote host"))
     )  # fmt: skip
     return tuple(verdicts)
+
+
+def _seconds(value: float | None) -> str:
+    return "none" if value is None else f"{value:g} s"
 
 
 def _window_text(window_s: float) -> str:

@@ -348,3 +348,11 @@ def test_every_panel_builds_on_an_idle_pool() -> None:
     for name in views.PANEL_NAMES:
         assert views.build_panel(name, view, CTX) is not None, name
     assert views.build_held(view, CTX).summary == "Nothing checked out right now."
+
+
+def test_the_pool_rule_says_none_for_a_setting_that_is_not_set() -> None:
+    no_recycle = dataclasses.replace(stats(), recycle_s=None, pre_ping=False)
+    rows = {r.rule: r for r in views.build_rules(make_view(pool_stats=no_recycle), CTX).rows}
+    why = rows["Use the pool"].why
+    assert "recycle none" in why and "timeout 10 s" in why and "Nones" not in why
+    assert rows["Use the pool"].status == "warn" and "no pool_recycle" in why
