@@ -93,6 +93,7 @@ def _attach_monitor(
         long_hold_ceiling_s=settings.long_hold_ceiling_s,
         long_hold_routes=parse_route_ceilings(settings.long_hold_routes),
         idle_in_transaction_min_s=settings.idle_in_transaction_min_s,
+        verdict_window_s=settings.verdict_window_s,
         dashboard_token=settings.dashboard_token,
         url_source=url_source,
         probe_url=url,

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     long_hold_ceiling_s: Positive | None = None
     long_hold_routes: str = ""
     idle_in_transaction_min_s: Positive = 1.0  # the commit rule ignores younger ones
+    verdict_window_s: Positive = 900.0  # how far back a rule's verdict looks
 
     pool_size: Annotated[int, Field(ge=1, le=1000)] = 5
     max_overflow: Annotated[int, Field(ge=0, le=1000)] = 5

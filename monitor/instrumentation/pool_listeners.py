@@ -132,6 +132,7 @@ class PoolListeners:
                         timed_out=timed_out,
                         request=request,
                         task=None if request is not None else _task_or_thread(),
+                        site=capture() if timed_out else (),
                     )
                 except Exception:
                     guard.failed("wait")  # the app gets its own error, never ours

@@ -291,9 +291,7 @@ class PoolTracker:
             before = held.get(self)
             held[self] = count = 1 if before is None else before + 1
             if count > 1:
-                flagged = request.multi_flagged
-                if flagged is None or self not in flagged:
-                    self._flag_multi_connection(request, count)
+                self._flag_multi_connection(request, count)
             elif before is None and len(held) > 1:
                 self._note_pools(request)
 
@@ -340,17 +338,24 @@ class PoolTracker:
         timed_out: bool,
         request: RequestScope | None = None,
         task: object = None,
+        site: RawSite = (),
     ) -> None:
         """A caller waited and got no connection (pool timeout, or the connect failed);
-        `request`/`task`: who waited, named in the log."""
+        `request`/`task` and `site`: who waited (named in the log) and where it asked."""
         self.wait_time.observe(waited_s)
         if timed_out:
-            self._record_timeout(waited_s, describe(request, task))
+            waiter = describe(request, threading.get_ident() if task is None else task)
+            self._record_timeout(waited_s, waiter, site)
 
     # ---- statements --------------------------------------------------------------------------
 
     def slow_query(
-        self, fingerprint: str, statement: str, duration_s: float, route: str | None
+        self,
+        fingerprint: str,
+        statement: str,
+        duration_s: float,
+        route: str | None,
+        site: RawSite = (),
     ) -> None:
         now = self._wall()
         with self._lock:
@@ -359,7 +364,7 @@ class PoolTracker:
             if group is None:
                 if len(self._slow) >= self._max_slow_queries:
                     self._slow.popitem(last=False)  # forget the least recently seen group
-                group = self._slow[fingerprint] = [statement, 0, 0.0, 0.0, now, route]
+                group = self._slow[fingerprint] = [statement, 0, 0.0, 0.0, now, route, site]
             else:
                 self._slow.move_to_end(fingerprint)
             group[1] += 1
@@ -367,6 +372,7 @@ class PoolTracker:
             group[3] = max(group[3], duration_s)
             group[4] = now
             group[5] = route
+            group[6] = site
 
     def statement_error(self) -> None:
         with self._lock:
@@ -492,7 +498,9 @@ class PoolTracker:
                 **self._count,
             )
             slow = tuple(
-                SlowQueryGroup(fp, g[0], g[1], g[2], g[3], g[4], g[5])
+                SlowQueryGroup(
+                    fp, g[0], g[1], g[2], g[3], g[4], g[5], format_site(g[6]) if detail else ()
+                )
                 for fp, g in self._slow.items()
             )
             return PoolSnapshot(
@@ -702,23 +710,41 @@ class PoolTracker:
             held = request.held
             held[self] = held.get(self, 1) - 1
 
-    def _flag_multi_connection(self, request: RequestScope, count: int) -> None:
+    def _flag_multi_connection(self, request: RequestScope, held: int) -> None:
+        """A request holds a second connection of this pool (or one more): record it, with
+        every site; logged once per request and pool."""
+        first = request.multi_flagged is None or self not in request.multi_flagged
         with self._lock:
-            if request.multi_flagged is None:
-                request.multi_flagged = set()
-            request.multi_flagged.add(self)
-            self._count["multi_connection_requests"] += 1
-            self._multi.appendleft(
-                MultiConnectionRequest(
-                    self._wall(), f"{request.method} {request.route}", request.request_id, count
-                )
+            if first:
+                if request.multi_flagged is None:
+                    request.multi_flagged = set()
+                request.multi_flagged.add(self)
+            previous = next((m for m in self._multi if m.request_id == request.request_id), None)
+            if not first and (previous is None or previous.connections >= held):
+                return
+            sites = tuple(
+                format_site(holding[3]) for _, holding in self._held() if holding[1] is request
             )
-        holder = describe(request, None)
-        log.warning(
-            "request %s holds %d connections of pool %s at once (one session per request)",
-            holder.label, count, self.pool_name,
-            extra=_log_extra(holder),
-        )  # fmt: skip
+            route = f"{request.method} {request.route}"
+            if first:
+                self._count["multi_connection_requests"] += 1
+                self._multi.appendleft(
+                    MultiConnectionRequest(self._wall(), route, request.request_id, held, sites)
+                )
+            elif previous is not None:  # the same request took one more: keep its peak
+                index = self._multi.index(previous)
+                self._multi[index] = MultiConnectionRequest(
+                    previous.at, route, request.request_id, held, sites
+                )
+        if first:
+            holder = describe(request, None)
+            log.warning(
+                "request %s holds %d connections of pool %s at once (one session per request), "
+                "taken at %s",
+                holder.label, held, self.pool_name,
+                " and ".join(str(site[0]) if site else "?" for site in sites),
+                extra=_log_extra(holder),
+            )  # fmt: skip
 
     def _note_pools(self, request: RequestScope) -> None:
         """The request's first checkout here while it used another pool: a read/write split."""
@@ -731,20 +757,24 @@ class PoolTracker:
                 )
             )
 
-    def _record_timeout(self, waited_s: float, waiter: Holder) -> None:
+    def _record_timeout(self, waited_s: float, waiter: Holder, raw_site: RawSite) -> None:
         now = self._clock()
+        site = format_site(raw_site)
         with self._lock:
             self._count["timeouts"] += 1
             holders = tuple(self._view(slot, now, None) for slot, _ in self._held())
-            self._timeouts.appendleft(PoolTimeoutRecord(self._to_wall(now), waited_s, holders))
+            self._timeouts.appendleft(
+                PoolTimeoutRecord(self._to_wall(now), waited_s, holders, waiter, site)
+            )
         summary = "; ".join(
             f"slot {view.slot_id} {view.holder.kind + ' ' + view.holder.label if view.holder else '?'} "
             f"{(view.held_for_s or 0):.1f}s at {view.site[0] if view.site else '?'}"
             for view in holders
         )
         log.warning(
-            "pool %s timed out after %.2f s for %s %s; holders: %s",
-            self.pool_name, waited_s, waiter.kind, waiter.label, summary or "none",
+            "pool %s timed out after %.2f s for %s %s at %s; holders: %s",
+            self.pool_name, waited_s, waiter.kind, waiter.label,
+            site[0] if site else "unknown site", summary or "none",
             extra=_log_extra(waiter),
         )  # fmt: skip
 
