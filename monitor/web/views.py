@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from monitor.state.records import LeakClass, PoolTimeoutRecord
+from monitor.state.server import Backend
 from monitor.state.verdicts import RuleVerdict
 from monitor.state.view import HeldConnection, MonitorView
 from monitor.web.formatting import (
@@ -390,7 +391,7 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
         request_id=request_id_label(conn.holder),
         age=duration(conn.held_for_s),
         status=LEAK_STATUS[leak] if leak else "ok",
-        leak=LEAK_LABELS[leak] if leak else "",
+        leak=_leak_label(leak, backend),
         server_state=server_state,
         wait_event=wait_event,
         xact_age=xact_age,
@@ -398,6 +399,15 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
         query_hidden=backend.query_hidden if backend is not None else False,
         kill=kill,
     )
+
+
+def _leak_label(leak: LeakClass | None, backend: Backend | None) -> str:
+    """The leak's class; one that outlived its owner also says what the server sees it do."""
+    if leak is None:
+        return ""
+    if leak is LeakClass.OUTLIVED_OWNER and backend is not None and backend.state:
+        return f"{LEAK_LABELS[leak]}, {backend.state}"
+    return LEAK_LABELS[leak]
 
 
 def _age_range(ages: Sequence[float | None]) -> str:
