@@ -43,12 +43,14 @@ LEAK_LABELS = {
     LeakClass.IDLE: "idle but held",
     LeakClass.ACTIVE: "active long query",
     LeakClass.UNKNOWN: "no server data yet",
+    LeakClass.NO_SERVER_VIEW: "held, behind a pooler (no server session of its own)",
 }
 LEAK_STATUS = {
     LeakClass.IDLE_IN_TRANSACTION: "fail",
     LeakClass.IDLE: "warn",
     LeakClass.ACTIVE: "warn",
     LeakClass.UNKNOWN: "warn",
+    LeakClass.NO_SERVER_VIEW: "warn",
 }
 
 
