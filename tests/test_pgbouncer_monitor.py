@@ -8,8 +8,11 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import URL
 
 from monitor import PoolMonitor
 from monitor.metrics import names
@@ -186,3 +189,47 @@ def test_waiting_clients_and_max_wait_are_exported(pgbouncer_transaction: PgBoun
             )
             or 0
         ) > 0
+
+
+def test_dashboard_panel_shows_the_pooler_its_pools_and_the_joined_pids(
+    pgbouncer_session: PgBouncer,
+) -> None:
+    engine = create_engine(pgbouncer_session.url(), pool_size=2, max_overflow=0)
+    monitor = PoolMonitor(engine, probe_interval_s=0.2, pgbouncer_url=pgbouncer_session.admin_url)
+    app = FastAPI()
+    monitor.install(app)
+    try:
+        with TestClient(app) as client, engine.connect() as conn:
+            conn.execute(text("SELECT 1"))  # held, in a transaction, linked to a server
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            assert wait_for(lambda: monitor.view().held and monitor.view().held[0].server, 15)
+            panel = client.get("/monitor/partials/pgbouncer")
+            held_panel = client.get("/monitor/partials/held")
+            page = client.get("/monitor/")
+    finally:
+        monitor.detach()
+        engine.dispose()
+    assert panel.status_code == 200
+    assert "PgBouncer, session mode" in panel.text
+    assert 'id="pgbouncer-pools"' in panel.text and pgbouncer_session.database in panel.text
+    assert f">{pid}<" in held_panel.text  # the server's pid, not PgBouncer's key
+    assert "idle in transaction" in held_panel.text
+    assert 'id="panel-pgbouncer"' in page.text
+
+
+def test_dashboard_panel_says_direct_without_a_pooler(database_url: URL) -> None:
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    monitor = PoolMonitor(engine, probe_interval_s=0.2)
+    app = FastAPI()
+    monitor.install(app)
+    try:
+        with TestClient(app) as client:
+            assert wait_for(lambda: monitor.server_health.snapshot().up is True, 15)
+            panel = client.get("/monitor/partials/pgbouncer")
+            snapshot = client.get("/monitor/api/snapshot").json()
+    finally:
+        monitor.detach()
+        engine.dispose()
+    assert "Direct" in panel.text and "PgBouncer" not in panel.text.split("</span>", 1)[0]
+    assert snapshot["pooler"]["detected"] is False
+    assert snapshot["pgbouncer"] is None

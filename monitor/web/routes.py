@@ -46,6 +46,7 @@ LAYOUT: tuple[tuple[str, str, int], ...] = (
     ("orphans", "Orphans and phantoms", 4),
     ("slow", "Slow queries", 8),
     ("timeouts", "Pool timeouts", 4),
+    ("pgbouncer", "PgBouncer", 12),
 )
 _NO_STORE = {"Cache-Control": "no-store"}
 _history_lock = threading.Lock()
