@@ -23,6 +23,8 @@ EXPECTED_ALERTS = {
     "DatabaseDown",
     "ProbeFailing",
     "ProbeStale",
+    "PgBouncerClientsWaiting",
+    "PgBouncerMaxWaitHigh",
 }
 SEVERITIES = {"warning", "critical"}
 
@@ -91,3 +93,18 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     assert names - firing == set(), "alerts without a firing test case"
     assert names - quiet == set(), "alerts without a non-firing test case"
     assert (firing | quiet) <= names, "test cases for alerts that do not exist"
+
+
+def test_pgbouncer_alerts_select_the_job_and_link_their_runbook_section() -> None:
+    runbooks = (PROMETHEUS_DIR.parent / "docs" / "runbooks.md").read_text(encoding="utf-8")
+    anchors = {
+        "#" + line.lstrip("#").strip().lower().replace(" ", "-")
+        for line in runbooks.splitlines()
+        if line.startswith("#")
+    }
+    rules = [rule for rule in alert_rules() if rule["alert"].startswith("PgBouncer")]
+    assert rules
+    for rule in rules:
+        assert 'job="pool-monitor"' in rule["expr"], rule["alert"]
+        path, anchor = rule["annotations"]["runbook_url"].split("#")
+        assert path == "docs/runbooks.md" and f"#{anchor}" in anchors, rule["alert"]
