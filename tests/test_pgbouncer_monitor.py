@@ -15,8 +15,10 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import URL
 
 from monitor import PoolMonitor
+from monitor.app import create_app
 from monitor.metrics import names
 from monitor.metrics.collector import MonitorCollector
+from monitor.settings import Settings
 from monitor.state.pooler import JOIN_NONE, JOIN_PGBOUNCER
 from monitor.state.records import LeakClass
 from tests.pgbouncer import PgBouncer
@@ -233,3 +235,15 @@ def test_dashboard_panel_says_direct_without_a_pooler(database_url: URL) -> None
     assert "Direct" in panel.text and "PgBouncer" not in panel.text.split("</span>", 1)[0]
     assert snapshot["pooler"]["detected"] is False
     assert snapshot["pgbouncer"] is None
+
+
+def test_create_app_reads_the_console_from_settings(
+    app_settings: Settings, pgbouncer_session: PgBouncer
+) -> None:
+    settings = app_settings.model_copy(update={"pgbouncer_url": pgbouncer_session.admin_url})
+    with TestClient(create_app(settings)) as client:
+        monitor = client.app.state.pool_monitor  # type: ignore[attr-defined]
+        assert wait_for(lambda: monitor.pgbouncer_health.snapshot().up is True, 15)
+        metrics = client.get("/metrics").text
+    assert "pool_monitor_pgbouncer_up 1.0" in metrics
+    assert pgbouncer_session.admin_url not in metrics
