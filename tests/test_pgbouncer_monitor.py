@@ -3,6 +3,7 @@ server facts in transaction mode, and PgBouncer's pools as Prometheus series."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from monitor import PoolMonitor
 from monitor.app import create_app
@@ -247,3 +249,29 @@ def test_create_app_reads_the_console_from_settings(
         metrics = client.get("/metrics").text
     assert "pool_monitor_pgbouncer_up 1.0" in metrics
     assert pgbouncer_session.admin_url not in metrics
+
+
+def test_an_asyncpg_engine_is_joined_through_pgbouncer_too(pgbouncer_session: PgBouncer) -> None:
+    engine = create_async_engine(pgbouncer_session.url("postgresql+asyncpg"), pool_size=2)
+    monitor = PoolMonitor(engine, probe_interval_s=0.2, pgbouncer_url=pgbouncer_session.admin_url)
+
+    async def hold_and_look() -> tuple[int, Any]:
+        async with engine.connect() as conn:
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            for _ in range(300):  # bounded: 15 s
+                view = monitor.view()
+                if view.held and view.held[0].server is not None:
+                    return int(pid), view
+                await asyncio.sleep(0.05)
+            return int(pid), monitor.view()
+
+    monitor.start()
+    try:
+        pid, view = asyncio.run(hold_and_look())
+    finally:
+        monitor.detach()
+        asyncio.run(engine.dispose())
+    assert view.pooler.join == JOIN_PGBOUNCER
+    (connection,) = view.held
+    assert connection.server_pid == pid and connection.server.state == "idle in transaction"
+    assert connection.connection.client_port is not None
