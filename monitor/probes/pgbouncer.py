@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
 CONFIG_KEYS = ("pool_mode", "max_client_conn", "default_pool_size")
+# SHOW CLIENTS can list max_client_conn rows (thousands): keep memory and snapshots bounded.
+MAX_PEERS = 2000
 MIN_CONNECT_TIMEOUT_S = 2
 
 
@@ -112,8 +114,8 @@ def build_sample(
         default_pool_size=_optional_int(settings.get("default_pool_size")),
         pools=parse_pools(pools),
         stats=parse_stats(stats),
-        clients=parse_peers(clients),
-        servers=parse_peers(servers),
+        clients=parse_peers(clients)[:MAX_PEERS],
+        servers=parse_peers(servers)[:MAX_PEERS],
     )
 
 
