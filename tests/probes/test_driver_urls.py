@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -108,7 +108,30 @@ def test_a_real_asyncpg_engine_url_with_driver_parameters_probes_fine(
     assert all(PASSWORD not in record.getMessage() for record in caplog.records)
 
 
-def test_a_psycopg3_url_with_driver_parameters_probes_fine(
+def test_a_real_psycopg3_engine_url_probes_fine(
+    database_url: URL, make_probe: ProbeFactory
+) -> None:
+    # psycopg 3 hands a URL's query to libpq, so its URLs carry libpq keywords only.
+    url = _with_driver(
+        database_url,
+        "postgresql+psycopg",
+        sslmode="disable",
+        connect_timeout="5",
+        target_session_attrs="any",
+    )
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1  # the app's engine takes it
+    finally:
+        engine.dispose()
+    probe = make_probe(url)
+    probe.run_once()
+    snapshot = probe.health.snapshot()
+    assert snapshot.up is True, snapshot.last_error
+
+
+def test_a_psycopg3_url_with_a_driver_keyword_probes_fine(
     database_url: URL, make_probe: ProbeFactory
 ) -> None:
     url = _with_driver(database_url, "postgresql+psycopg", sslmode="disable", prepare_threshold="0")
