@@ -34,12 +34,12 @@ def pgbouncer_families(health: PgBouncerHealthSnapshot) -> Iterator[Metric]:
     clients = GaugeMetricFamily(
         names.PGBOUNCER_CLIENTS,
         "Client connections of a PgBouncer pool: active (linked or idle) and waiting for a server.",
-        labels=[*_POOL_LABELS, names.STATE],
+        labels=[*_POOL_LABELS, names.PGBOUNCER_STATE],
     )
     servers = GaugeMetricFamily(
         names.PGBOUNCER_SERVERS,
         "Server connections of a PgBouncer pool by state.",
-        labels=[*_POOL_LABELS, names.STATE],
+        labels=[*_POOL_LABELS, names.PGBOUNCER_STATE],
     )
     max_wait = GaugeMetricFamily(
         names.PGBOUNCER_MAX_WAIT_SECONDS,
