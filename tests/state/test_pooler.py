@@ -67,7 +67,7 @@ def test_without_a_console_a_pooler_invents_no_server_fact() -> None:
 def test_session_mode_joins_through_the_client_socket() -> None:
     health = behind_pooler(backend(777, "idle in transaction"))
     snapshot = pool(connections=(held(-4048, port=40001), held(-5000, port=40002)), checked_out=2)
-    view = build_view(snapshot, stats(checked_out=2), health, APP, console("session"))  # type: ignore[arg-type]
+    view = build_view(snapshot, stats(checked_out=2), health, APP, pgbouncer=console("session"))  # type: ignore[arg-type]
     assert view.pooler is not None and view.pooler.join == JOIN_PGBOUNCER
     joined = {h.connection.pid: h for h in view.held}
     assert joined[-4048].server_pid == 777 and joined[-4048].server is not None

@@ -42,7 +42,7 @@ def test_waiting_clients_past_five_seconds_fail_the_pool_row() -> None:
     admin = PgBouncerPool("pgbouncer", "pgbouncer", "statement", 1, 0, 0, 0, 0, 0, 0, 0.0)
     sample = PgBouncerSample(NOW, 0.01, "session", 500, 10, (saturated, admin), (), (), ())
     console = PgBouncerHealthSnapshot(True, sample, 0, None, NOW - 1, 0.01)
-    view = build_view(pool(), stats(), behind_pooler(), APP, console)  # type: ignore[arg-type]
+    view = build_view(pool(), stats(), behind_pooler(), APP, pgbouncer=console)  # type: ignore[arg-type]
     panel = build_pgbouncer(view, CTX)
     assert panel.status == "fail" and panel.status_label == "PgBouncer, transaction mode"
     (row,) = panel.pools  # the console's own pool is left out
