@@ -72,3 +72,12 @@ def test_long_hold_routes_are_validated(monkeypatch: pytest.MonkeyPatch, value: 
     monkeypatch.setenv("MONITOR_LONG_HOLD_ROUTES", value)
     with pytest.raises(ValidationError, match="long_hold_routes"):
         Settings()
+
+
+def test_pgbouncer_url_from_the_environment_is_masked_in_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MONITOR_PGBOUNCER_URL", "postgresql://stats:s3cret@bouncer:6432/pgbouncer")
+    settings = Settings()
+    assert settings.pgbouncer_url == "postgresql://stats:s3cret@bouncer:6432/pgbouncer"
+    assert "s3cret" not in repr(settings)
