@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -120,26 +119,20 @@ def test_fingerprint_of_unparseable_text_is_stable_and_literal_blind() -> None:
 
 def test_long_text_is_cut_and_still_safe() -> None:
     statement = "INSERT INTO t VALUES " + ", ".join(f"({i}, '{SECRET}')" for i in range(5_000))
-    started = time.perf_counter()
     result = normalize(statement)
     key = fingerprint(statement)
-    elapsed_s = time.perf_counter() - started
     assert result.endswith("…")
     assert len(result) <= sqltext.MAX_SCAN_CHARS
     assert SECRET not in result
     assert len(key) == 16
-    assert elapsed_s < 2.0
 
 
-def test_cached_calls_are_fast() -> None:
+def test_repeated_calls_are_cache_hits() -> None:
     sqltext.cache_clear()
     statement = "SELECT " + ", ".join(f"c{i}" for i in range(100)) + " FROM t WHERE a = 'x'"
-    started = time.perf_counter()
     for _ in range(2_000):
         normalize(statement)
         fingerprint(statement)
-    elapsed_s = time.perf_counter() - started
-    assert elapsed_s < 0.5  # cache hits; an uncached pass costs ~1 ms
     info = sqltext._normalize_cached.cache_info()
     assert info.hits >= 1_999
     assert info.maxsize == sqltext.CACHE_SIZE

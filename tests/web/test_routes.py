@@ -50,7 +50,7 @@ def test_dashboard_and_partials_show_a_held_connection(client: TestClient) -> No
             data = client.get("/monitor/api/snapshot").json()
             return any(h["server"] for h in data["held"]) and bool(data["pool"]["leaks"])
 
-        assert wait_for(joined_and_leaked, 8, 0.1), "the probe never joined the held connection"
+        assert wait_for(joined_and_leaked, 30, 0.1), "the probe never joined the held connection"
         page = client.get("/monitor/")
         assert page.status_code == 200
         assert page.headers["cache-control"] == "no-store"
