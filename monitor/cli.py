@@ -8,8 +8,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from monitor.server_limits import ServerLimits
+    from monitor.settings import Settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,6 +127,7 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
     import uvicorn
 
     from monitor.app import create_app
+    from monitor.server_limits import uvicorn_options
     from monitor.settings import Settings
 
     overrides = {"demo_routes": True, "demo_background_load": True} if demo else {}
@@ -142,7 +148,14 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
     stop_load = _background_load_when_up(base) if settings.demo_background_load else None
     try:
         # One worker: the monitor's state and probe live in this process.
-        uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info")
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            workers=1,
+            log_level="info",
+            **uvicorn_options(server_limits(settings)),
+        )
     finally:
         if stop_load is not None:
             stop_load()
@@ -186,6 +199,17 @@ def _background_load_when_up(base: str) -> Callable[[], None]:
                 stop_load()
 
     return stop
+
+
+def server_limits(settings: Settings) -> ServerLimits:
+    """The HTTP server's limits from the settings (on by default)."""
+    from monitor.server_limits import ServerLimits
+
+    return ServerLimits(
+        header_timeout_s=settings.header_timeout_s,
+        keep_alive_s=settings.keep_alive_s,
+        max_connections=settings.max_connections,
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     demo_hold_ttl_s: Annotated[float, Field(gt=0, le=600)] = 60.0
     demo_background_load: bool = False
     demo_allow_remote: bool = False
+    # Server limits (`pool-monitor serve`): see monitor/server_limits.py and web/body_limit.py.
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
+    header_timeout_s: Annotated[float, Field(ge=1, le=300)] = 10.0
+    keep_alive_s: Annotated[float, Field(ge=1, le=300)] = 5.0
+    max_connections: Annotated[int, Field(ge=0, le=65536)] = 0  # 0: from the open-files limit
 
     @field_validator("database_url")
     @classmethod

@@ -156,6 +156,7 @@ def test_cli_load_exits_zero_with_http_errors(
 def test_background_load_is_gentle_and_stops(served_app: tuple[str, Any]) -> None:
     base, app = served_app
     monitor = app.state.pool_monitor
+
     def checkouts() -> int:
         return int(monitor.snapshot()["pool"]["counters"]["checkouts"]) - before
 
