@@ -19,9 +19,11 @@ def add_monitor_routes(app: FastAPI) -> None:
     from monitor.web.auth import login_router
     from monitor.web.log_filters import install_log_filters
     from monitor.web.routes import mount_static, router
+    from monitor.web.security_headers import SecurityHeaders
 
     install_log_filters()  # no token in the access log, no descriptor-exhaustion flood
     app.add_middleware(AttributionMiddleware)
+    app.add_middleware(SecurityHeaders)  # CSP, anti-framing on /monitor/*
     app.include_router(router)
     app.include_router(login_router)
     mount_static(app)
