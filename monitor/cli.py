@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.handler(args)
     except ValidationError as exc:
-        print(f"pool-monitor: invalid configuration:\n{_settings_errors(exc)}", file=sys.stderr)
+        print(_settings_errors(exc), file=sys.stderr)
         return 2
     return result
 
@@ -212,6 +212,22 @@ def server_limits(settings: Settings) -> ServerLimits:
     )
 
 
+def _allowed_range(field: str) -> str:
+    from monitor.settings import Settings
+
+    info = Settings.model_fields.get(field)
+    bounds = {
+        key: getattr(item, key)
+        for item in (info.metadata if info else ())
+        for key in ("ge", "le")
+        if getattr(item, key, None) is not None
+    }
+    if len(bounds) != 2:
+        return ""
+    unit = " seconds" if field.endswith("_s") else ""
+    return f" (allowed: {bounds['ge']:g} to {bounds['le']:g}{unit})"
+
+
 def _is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
@@ -221,10 +237,14 @@ def _display_host(host: str) -> str:
 
 
 def _settings_errors(exc: ValidationError) -> str:
+    """One line per refused setting, by its environment name; never the value (a URL's
+    password), never a traceback."""
     lines = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"]) or "settings"
-        lines.append(f"  {field}: {error['msg']}")
+        name = "DATABASE_URL" if field.lower() == "database_url" else f"MONITOR_{field.upper()}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"pool-monitor: invalid {name}: {message}{_allowed_range(field)}")
     return "\n".join(lines)
 
 

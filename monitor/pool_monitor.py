@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sysconfig
 from collections.abc import AsyncIterator, Callable
@@ -87,7 +88,7 @@ class PoolMonitor:
             ("probe_interval_s", probe_interval_s),
             ("probe_timeout_s", probe_timeout_s),
         ):
-            if not isinstance(value, int | float) or not value > 0:
+            if not isinstance(value, int | float) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.engine: Engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         self.is_async = isinstance(engine, AsyncEngine)
