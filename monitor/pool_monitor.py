@@ -23,6 +23,7 @@ from monitor.instrumentation.pools_seen import pools_observed, watch_pools
 from monitor.instrumentation.statements import StatementListeners
 from monitor.state.records import PoolSnapshot, PoolStats, to_dict
 from monitor.state.server import ServerHealth, ServerHealthSnapshot
+from monitor.state.session_cap import capped_view
 from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker
 from monitor.state.view import LOCAL_HOSTS, AppInfo, MonitorView, build_view
@@ -185,8 +186,11 @@ class PoolMonitor:
         return build_view(pool, self.pool_stats(), health, app)
 
     def snapshot(self) -> dict[str, Any]:
-        """The data of `/monitor/api/snapshot`: plain, JSON-serialisable."""
-        result: dict[str, Any] = to_dict(self.view())
+        """The data of `/monitor/api/snapshot`: plain, JSON-serialisable; session lists capped
+        (`session_lists` states the cap and counts the rest by state)."""
+        view, caps = capped_view(self.view())
+        result: dict[str, Any] = to_dict(view)
+        result["session_lists"] = caps
         return result
 
     def server_states(self) -> dict[int, str | None] | None:

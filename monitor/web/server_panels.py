@@ -13,6 +13,7 @@ from monitor.state.server import (
     blocked_sessions,
     sessions_by_state,
 )
+from monitor.state.session_cap import SESSION_LIST_CAP, CappedSessions, cap_sessions
 from monitor.state.view import MonitorView
 from monitor.web.formatting import (
     NOTHING,
@@ -123,6 +124,12 @@ def build_server(view: MonitorView, ctx: RenderContext) -> ServerPanel:
         CountRow(name, sum(states.values()), ", ".join(f"{n} {s}" for s, n in states.items()))
         for name, states in sorted(apps.items(), key=lambda item: -sum(item[1].values()))
     )
+    if len(by_application) > SESSION_LIST_CAP:  # one row per name: bounded like the lists
+        rest = by_application[SESSION_LIST_CAP - 1 :]
+        by_application = (
+            *by_application[: SESSION_LIST_CAP - 1],
+            CountRow(f"({len(rest)} other applications)", sum(r.count for r in rest), ""),
+        )
     s = sample.settings
     settings = (
         Fact("server", f"PostgreSQL {s.server_version}"),
@@ -161,6 +168,7 @@ class BlockingPanel:
     available: bool
     blocked: tuple[SessionRow, ...]
     blocking: tuple[SessionRow, ...]
+    omitted: str | None = None  # the cap, stated, when sessions were left out
 
 
 def _owners(view: MonitorView) -> dict[int, str]:
@@ -190,7 +198,8 @@ def build_blocking(view: MonitorView, ctx: RenderContext) -> BlockingPanel:
     if sample is None:
         return BlockingPanel(False, (), ())
     owners = _owners(view)
-    blocked = blocked_sessions(sample)
+    capped = cap_sessions(blocked_sessions(sample))
+    blocked = list(capped.shown)
     blocker_pids = sorted({pid for backend in blocked for pid in backend.blocked_by})
     by_pid = {backend.pid: backend for backend in sample.backends}
     blocking = []
@@ -206,7 +215,18 @@ def build_blocking(view: MonitorView, ctx: RenderContext) -> BlockingPanel:
     return BlockingPanel(
         True,
         tuple(_session_row(b, owners, b.state_age_s) for b in blocked),
-        tuple(blocking),
+        tuple(blocking[:SESSION_LIST_CAP]),
+        _omitted_note(capped, "waiting sessions"),
+    )
+
+
+def _omitted_note(capped: CappedSessions, what: str) -> str | None:
+    if not capped.omitted:
+        return None
+    states = ", ".join(f"{count} {state}" for state, count in capped.omitted_by_state)
+    return (
+        f"{len(capped.shown)} of {capped.total} {what} listed (at most {capped.cap}); "
+        f"not listed: {states}"
     )
 
 
@@ -227,15 +247,17 @@ class OrphansPanel:
     available: bool
     orphans: tuple[SessionRow, ...]
     phantoms: tuple[PhantomRow, ...]
+    omitted: str | None = None  # the cap, stated, when orphans were left out
 
 
 def build_orphans(view: MonitorView, ctx: RenderContext) -> OrphansPanel:
     if not view.server.up:
         return OrphansPanel(False, (), ())
     now = view.pool.taken_at
+    orphans = cap_sessions(view.orphans)
     return OrphansPanel(
         True,
-        tuple(_session_row(b, {}, b.backend_age_s) for b in view.orphans),
+        tuple(_session_row(b, {}, b.backend_age_s) for b in orphans.shown),
         tuple(
             PhantomRow(
                 slot=c.slot_id,
@@ -244,6 +266,7 @@ def build_orphans(view: MonitorView, ctx: RenderContext) -> OrphansPanel:
                 checked_out="yes" if c.checked_out else "no",
                 route=holder_label(c.holder),
             )
-            for c in view.phantoms
+            for c in view.phantoms[:SESSION_LIST_CAP]
         ),
+        _omitted_note(orphans, "orphan sessions"),
     )
