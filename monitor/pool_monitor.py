@@ -27,6 +27,7 @@ from monitor.state.session_cap import capped_view
 from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker
 from monitor.state.view import LOCAL_HOSTS, AppInfo, MonitorView, build_view
+from monitor.state.visibility import visibility
 from monitor.urls import mask_url
 
 if TYPE_CHECKING:
@@ -191,6 +192,7 @@ class PoolMonitor:
         view, caps = capped_view(self.view())
         result: dict[str, Any] = to_dict(view)
         result["session_lists"] = caps
+        result["server_visibility"] = visibility(view.server)
         return result
 
     def server_states(self) -> dict[int, str | None] | None:
