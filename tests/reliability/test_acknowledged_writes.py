@@ -88,7 +88,7 @@ def _missing(url: URL, acknowledged: dict[str, int]) -> list[str]:
             ).all()
     finally:
         engine.dispose()
-    stored = {name: row_id for name, row_id in rows}
+    stored: dict[str, int] = {row[0]: row[1] for row in rows}
     return [name for name, row_id in acknowledged.items() if stored.get(name) != row_id]
 
 
