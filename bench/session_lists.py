@@ -52,7 +52,10 @@ def main() -> None:
                 while time.monotonic() < deadline:
                     data = client.get("/monitor/api/snapshot").json()
                     lists = data.get("session_lists", {})
-                    if isinstance(lists, dict) and lists.get("orphans", {}).get("total", 0) >= SESSIONS:
+                    if (
+                        isinstance(lists, dict)
+                        and lists.get("orphans", {}).get("total", 0) >= SESSIONS
+                    ):
                         break
                     time.sleep(0.5)
                 snapshot = client.get("/monitor/api/snapshot")
@@ -69,8 +72,7 @@ def main() -> None:
                 conn.close()
             sessions_engine.dispose()
     finally:
-        server.stop("fast")
-        server.close()
+        server.close()  # stops the server: this process started it
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
