@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     probe_interval_s: Annotated[float, seconds(0.1, 3_600)] = 5.0
     slow_query_s: Annotated[float, seconds(1e-6, 3_600)] = 0.5
     probe_timeout_s: Annotated[float, seconds(0.1, 300)] = 2.0
-    verdict_window_s: Annotated[float, seconds(10, 7 * 86_400)] = 900.0  # how far back a rule's verdict looks
+    verdict_window_s: Annotated[float, seconds(10, 7 * 86_400)] = (
+        900.0  # how far back a rule's verdict looks
+    )
 
     pool_size: Annotated[int, Field(ge=1, le=1000)] = 5
     max_overflow: Annotated[int, Field(ge=0, le=1000)] = 5
