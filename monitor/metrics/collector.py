@@ -46,16 +46,38 @@ class MonitorCollector(Collector):
         monitor = self._get_monitor()
         if monitor is None:
             return
-        view = monitor.view(detail=False)
-        yield from pool_families(view)
-        # Without a probe there is no server view at all; pg_up 0 would claim the server is down.
-        if monitor.probe_enabled:
-            yield from server_families(view)
-            yield from probe_families(view.server)
+        yield from merged(self._families(monitor))
+
+    def _families(self, monitor: PoolMonitor) -> Iterator[Metric]:
+        for view in monitor.views(detail=False):
+            yield from pool_families(view)
+            # Without a probe there is no server view at all; pg_up 0 would claim it is down.
+            if monitor.probe_enabled:
+                yield from server_families(view)
+                yield from probe_families(view.server)
 
     def describe(self) -> Iterable[Metric]:
         # Registering must not take a view (the monitor may not exist yet).
         return ()
+
+
+def merged(families: Iterable[Metric]) -> Iterator[Metric]:
+    """One family per name holding every pool's samples (a name twice is invalid exposition).
+    A sample already there with the same labels is dropped: pools of one server repeat its
+    facts, and with several servers the primary's come first."""
+    by_name: dict[str, Metric] = {}
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for family in families:
+        kept = by_name.setdefault(family.name, family)
+        samples = family.samples
+        if kept is family:
+            family.samples = []
+        for sample in samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            if key not in seen:
+                seen.add(key)
+                kept.samples.append(sample)
+    yield from by_name.values()
 
 
 def pool_families(view: MonitorView) -> Iterator[Metric]:

@@ -388,6 +388,11 @@ class PoolTracker:
 
     # ---- internals ---------------------------------------------------------------------------
 
+    def pids(self) -> set[int]:
+        """Backend pids of the pool's open connections."""
+        with self._lock:
+            return {slot.pid for slot in self._open.values() if slot.pid is not None}
+
     def _held(self) -> list[tuple[Slot, Holding]]:
         """Checked-out slots and their holdings, oldest checkout first (under the lock)."""
         self._forget_returned_closed()

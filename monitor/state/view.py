@@ -50,6 +50,8 @@ class AppInfo:
     host_is_local: bool
     sslmode: str | None
     pools_observed: int
+    pools_declared: int = 1  # the primary plus the replicas the monitor was told about
+    role: str = "primary"  # of this pool: primary, replica, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +69,13 @@ class MonitorView:
 
 
 def build_view(
-    pool: PoolSnapshot, stats: PoolStats, server: ServerHealthSnapshot, app: AppInfo
+    pool: PoolSnapshot,
+    stats: PoolStats,
+    server: ServerHealthSnapshot,
+    app: AppInfo,
+    sibling_pids: frozenset[int] = frozenset(),
 ) -> MonitorView:
+    """`sibling_pids`: backends of the app's other pools on the same server (not orphans)."""
     sample = server.last_sample if server.up else None
     by_pid = {b.pid: b for b in sample.backends} if sample is not None else {}
     held: list[HeldConnection] = []
@@ -90,7 +97,9 @@ def build_view(
         known = {c.pid for c in pool.connections if c.pid is not None}
         names = {by_pid[pid].application_name for pid in known if pid in by_pid}
         orphans = tuple(
-            b for b in sample.backends if b.application_name in names and b.pid not in known
+            b
+            for b in sample.backends
+            if b.application_name in names and b.pid not in known and b.pid not in sibling_pids
         )
         phantoms = tuple(
             c
@@ -139,10 +148,12 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     pool, stats, counters = view.pool, view.pool_stats, view.pool.counters
     verdicts = []
 
-    pools = view.app.pools_observed
+    # Declared replicas are fine: one engine per database role, not one per process.
+    pools, declared = view.app.pools_observed, max(1, view.app.pools_declared)
     verdicts.append(
-        RuleVerdict("One engine per app", "ok" if pools <= 1 else "warn",
-                    f"{pools} connection pool(s) seen in this process")
+        RuleVerdict("One engine per app", "ok" if pools <= declared else "warn",
+                    f"{pools} connection pool(s) seen in this process"
+                    + (f", {declared} declared to the monitor" if declared > 1 else ""))
     )  # fmt: skip
 
     multi = counters.multi_connection_requests
