@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
-from starlette.routing import Mount
+from starlette.routing import Match
 
 from monitor.instrumentation.attribution import AttributionMiddleware
 
@@ -93,16 +93,23 @@ def claim_metrics_path(app: Any, metrics_path: str | None) -> None:
 
 
 def _owner_of(app: Any, path: str, besides: Sequence[Any] = ()) -> Any:
-    """The app's route or mount that answers `path`, if any."""
+    """The app's route, mount or included router that answers GET `path`, if any. Asked through
+    each route's own `matches` (routers of recent FastAPI versions are not flat lists)."""
+    # A mount at /metrics answers /metrics/ (and /metrics through the router's redirect).
+    scopes = [
+        {"type": "http", "method": "GET", "path": p, "root_path": "", "headers": []}
+        for p in (path, path.rstrip("/") + "/")
+    ]
     for route in app.router.routes:
         if route in besides:
             continue
-        if isinstance(route, Mount):
-            mounted = route.path.rstrip("/")
-            if path.rstrip("/") == mounted or path.startswith(mounted + "/"):
+        for scope in scopes:
+            try:
+                match, _ = route.matches(scope)
+            except Exception:
+                continue
+            if match is not Match.NONE:
                 return route
-        elif getattr(route, "path", None) == path:
-            return route
     return None
 
 
