@@ -17,6 +17,7 @@ from monitor.instrumentation.statements import StatementListeners
 from monitor.state.records import PoolStats
 from monitor.state.server import ServerHealth, ServerHealthSnapshot
 from monitor.state.tracker import PoolTracker
+from monitor.urls import sync_psycopg2_url
 
 PRIMARY = "primary"
 
@@ -52,9 +53,9 @@ class WatchedPool:
 
 
 def probe_key(url: URL) -> str:
-    """Pools whose probe URL renders the same share one server probe (password included, so
-    two roles on one server still count as one server only when they are the same login)."""
-    return url.render_as_string(hide_password=False)
+    """Pools whose probe URL is the same share one server probe. The probe always connects
+    through psycopg2, so the app's driver (asyncpg, psycopg) makes no difference; the login does."""
+    return sync_psycopg2_url(url).render_as_string(hide_password=False)
 
 
 def default_pool_name(engine: Engine, role: str, taken: set[str]) -> str:
