@@ -39,7 +39,7 @@ class WatchedPool:
     attached: bool = field(default=True)
 
     def pool_stats(self) -> PoolStats:
-        return read_pool_stats(self.engine)
+        return read_pool_stats(self.engine, self.tracker.counts)
 
     def server_states(self) -> dict[int, str | None] | None:
         """pid -> pg_stat_activity.state from the last successful probe (None when stale)."""

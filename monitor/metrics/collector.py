@@ -93,12 +93,13 @@ def pool_families(view: MonitorView) -> Iterator[Metric]:
     count.add_metric([pool.pool_name, names.STATE_USED], stats.checked_out)
     count.add_metric([pool.pool_name, names.STATE_IDLE], stats.checked_in)
     yield count
-    yield _gauge(
-        names.CONNECTION_MAX,
-        "Most connections the pool may open (pool_size + max_overflow).",
-        labels,
-        stats.max_connections,
-    )
+    if not stats.unbounded:  # no maximum (max_overflow=-1, NullPool): no false one either
+        yield _gauge(
+            names.CONNECTION_MAX,
+            "Most connections the pool may open (pool_size + max_overflow).",
+            labels,
+            stats.max_connections,
+        )
     yield _gauge(
         names.CONNECTION_IDLE_MAX,
         "Most idle connections the pool keeps open (pool_size).",

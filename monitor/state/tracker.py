@@ -388,6 +388,12 @@ class PoolTracker:
 
     # ---- internals ---------------------------------------------------------------------------
 
+    def counts(self) -> tuple[int, int]:
+        """(checked out, open): what pools without counters of their own are measured by."""
+        with self._lock:
+            held = self._held()
+            return len(held), len(self._open) + sum(1 for s, _ in held if s.id not in self._open)
+
     def pids(self) -> set[int]:
         """Backend pids of the pool's open connections."""
         with self._lock:

@@ -129,9 +129,15 @@ def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
     available = sample.settings.available_connections
     used = sample.total_client_sessions
     used_ratio = used / available if available > 0 else None
-    share = stats.max_connections / available if available > 0 else None
+    # An unbounded pool has no share to compare: it takes what its callers ask for.
+    share = stats.max_connections / available if available > 0 and not stats.unbounded else None
     warning = None
-    if share is not None and share > 1:
+    if stats.unbounded and available > 0:
+        warning = (
+            f"the pool has no maximum ({stats.pool_class}, max_overflow {stats.max_overflow}): "
+            f"enough callers at once take all {available} server connections"
+        )
+    elif share is not None and share > 1:
         warning = (
             f"the pool may open {stats.max_connections} connections but the server accepts "
             f"only {available}"
@@ -194,6 +200,8 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     problems = []
     if view.capacity.pool_share_ratio is not None and view.capacity.pool_share_ratio > 1:
         problems.append(view.capacity.warning or "pool larger than the server allows")
+    if stats.unbounded:
+        problems.append(f"no maximum ({stats.pool_class}, max_overflow {stats.max_overflow})")
     if not stats.pre_ping:
         problems.append("pool_pre_ping off")
     if stats.recycle_s is None:
