@@ -127,7 +127,7 @@ def warn_if_open(app: Any, monitor: PoolMonitor) -> None:
     answer anyone, when the server listens beyond loopback."""
     if monitor.dashboard_token or _dashboard_token_setting(app):
         return
-    host = _bind_host()
+    host = _bind_host(app)
     if host is not None:
         warn_open_access(host)
 
@@ -151,8 +151,8 @@ def _dashboard_token_setting(app: Any) -> bool:
     return bool(getattr(settings, "dashboard_token", None))
 
 
-def _bind_host() -> str | None:
-    """The host uvicorn was told to bind, or None when uvicorn is not what runs the app."""
+def _bind_host(app: Any) -> str | None:
+    """The host uvicorn was told to bind for `app`, or None when uvicorn is not what runs it."""
     import gc
     import sys
 
@@ -161,11 +161,13 @@ def _bind_host() -> str | None:
     try:
         from uvicorn import Config
 
-        # uvicorn keeps its Config on the running Server only; found once, at startup.
-        hosts = [obj.host for obj in gc.get_referrers(Config) if isinstance(obj, Config)]
+        # uvicorn keeps its Config on the running Server only; looked for once, at startup.
+        configs = [obj for obj in gc.get_referrers(Config) if isinstance(obj, Config)]
     except Exception:
         return None
-    return str(hosts[0]) if hosts else None
+    ours = [c for c in configs if c.app is app]  # `uvicorn main:app` holds a string instead
+    config = ours[0] if ours else configs[0] if len(configs) == 1 else None
+    return str(config.host) if config is not None else None
 
 
 def _is_loopback(host: str) -> bool:
