@@ -23,9 +23,19 @@ from monitor.metrics import names
 from tests.servers import wait_for
 
 
+# Both pools of the app under one application_name, as an app sets it: each pool must not count
+# the other's sessions as orphans (and other processes on a shared server stay out of it).
+APPLICATION_NAME = f"pm-multi-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture
 def primary(database_url: URL) -> Iterator[Engine]:
-    engine = create_engine(database_url, pool_size=2, max_overflow=1)
+    engine = create_engine(
+        database_url,
+        pool_size=2,
+        max_overflow=1,
+        connect_args={"application_name": APPLICATION_NAME},
+    )
     yield engine
     engine.dispose()
 
@@ -33,7 +43,10 @@ def primary(database_url: URL) -> Iterator[Engine]:
 @pytest.fixture
 def replica(database_url: URL) -> Iterator[AsyncEngine]:
     engine = create_async_engine(
-        database_url.set(drivername="postgresql+asyncpg"), pool_size=3, max_overflow=0
+        database_url.set(drivername="postgresql+asyncpg"),
+        pool_size=3,
+        max_overflow=0,
+        connect_args={"server_settings": {"application_name": APPLICATION_NAME}},
     )
     yield engine
     asyncio.run(engine.dispose())
