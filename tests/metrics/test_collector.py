@@ -37,9 +37,6 @@ class _Replaced:
     def view(self, *, detail: bool = True) -> MonitorView:
         return self._change(self._monitor.view(detail=detail))
 
-    def views(self, *, detail: bool = True) -> tuple[MonitorView, ...]:
-        return (self.view(detail=detail),)
-
 
 def _registry_of(source: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
