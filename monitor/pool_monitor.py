@@ -38,6 +38,7 @@ from monitor.watched_pool import (
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from prometheus_client.registry import Collector
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: never imported at run time
 
 log = logging.getLogger("monitor")
@@ -369,6 +370,13 @@ class PoolMonitor:
         views = [to_dict(view) for view in self.views()]
         result: dict[str, Any] = {**views[0], "pools": views}
         return result
+
+    def collector(self) -> Collector:
+        """A Prometheus collector of every pool, for an app that serves its own /metrics:
+        `registry.register(monitor.collector())` (use with `install(app, metrics_path=None)`)."""
+        from monitor.metrics.collector import MonitorCollector
+
+        return MonitorCollector(lambda: self)
 
     def server_states(self) -> dict[int, str | None] | None:
         """pid -> pg_stat_activity.state from the last successful probe (None when stale)."""

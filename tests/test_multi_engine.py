@@ -22,7 +22,6 @@ from monitor.instrumentation.attribution import AttributionMiddleware
 from monitor.metrics import names
 from tests.servers import wait_for
 
-
 # Both pools of the app under one application_name, as an app sets it: each pool must not count
 # the other's sessions as orphans (and other processes on a shared server stay out of it).
 APPLICATION_NAME = f"pm-multi-{uuid.uuid4().hex[:8]}"

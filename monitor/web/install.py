@@ -117,7 +117,8 @@ def _warn_metrics_path_taken(path: str) -> None:
     log.warning(
         "pool-monitor: the app already serves %s, so the monitor's metrics are not there; "
         "pass install(app, metrics_path='/pool-monitor/metrics') (or another free path) to "
-        "expose them, or metrics_path=None to silence this",
+        "expose them, or metrics_path=None and registry.register(monitor.collector()) to add "
+        "them to the app's own",
         path,
     )
 

@@ -157,3 +157,18 @@ def test_installing_twice_adds_one_middleware_and_one_route_set(engine: Engine) 
     answering = [r for r in app.routes if r.matches(scope)[0] is not Match.NONE]
     assert len(answering) == 1
     monitor.detach()
+
+
+def test_the_apps_own_registry_can_carry_the_monitors_metrics(engine: Engine) -> None:
+    app = _app_with_work(engine)
+    registry = _app_metrics_registry()
+    app.mount("/metrics", make_asgi_app(registry))
+    monitor = PoolMonitor(engine, probe=False)
+    monitor.install(app, metrics_path=None)
+    registry.register(monitor.collector())
+    with TestClient(app) as client:
+        client.get("/items")
+        body = client.get("/metrics").text
+    assert "app_orders_total 3.0" in body
+    assert f'sqlalchemy_pool_checkouts_total{{pool_name="{monitor.pool_name}"}} 1.0' in body
+    monitor.detach()
