@@ -70,6 +70,20 @@ def _two_engine_app(primary: Engine, replica: AsyncEngine) -> tuple[FastAPI, thr
         async with replica.connect() as conn:
             return {"two": await conn.scalar(text("SELECT 2")) or 0}
 
+    @app.get("/both")
+    async def both() -> dict[str, int]:
+        # Read the replica while the write connection is open: one connection of each pool.
+        with primary.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            async with replica.connect() as read:
+                return {"two": await read.scalar(text("SELECT 2")) or 0}
+
+    @app.get("/twice")
+    def twice() -> dict[str, int]:
+        with primary.connect() as first, primary.connect() as second:
+            first.execute(text("SELECT 1"))
+            return {"one": second.scalar(text("SELECT 1")) or 0}
+
     @app.get("/hold-replica")
     async def hold_replica() -> dict[str, bool]:
         async with replica.connect() as conn:
@@ -167,6 +181,24 @@ def test_a_second_monitor_installed_joins_the_first(primary: Engine, replica: As
     second.detach()
     assert [p.name for p in first.pools] == [primary.url.database]
     first.detach()
+
+
+def test_one_connection_per_pool_is_not_several_sessions(
+    primary: Engine, replica: AsyncEngine
+) -> None:
+    app, release = _two_engine_app(primary, replica)
+    release.set()
+    monitor = PoolMonitor(primary, probe=False)
+    monitor.add_engine(replica, pool_name="replica", role="replica")
+    monitor.install(app)
+    with TestClient(app) as client:
+        assert client.get("/both").json() == {"two": 2}
+        assert [v.pool.counters.multi_connection_requests for v in monitor.views()] == [0, 0]
+        assert client.get("/twice").json() == {"one": 1}
+        assert [v.pool.counters.multi_connection_requests for v in monitor.views()] == [1, 0]
+        (flagged,) = monitor.view().pool.multi_connection_requests
+        assert flagged.route == "GET /twice" and flagged.connections == 2
+    monitor.detach()
 
 
 def test_pool_names_are_unique_and_engines_watched_once(primary: Engine, database_url: URL) -> None:

@@ -524,18 +524,23 @@ class PoolTracker:
             holding[1].connections_held -= 1
 
     def _flag_multi_connection(self, request: RequestScope) -> None:
-        request.multi_flagged = True
+        """Flag a request holding several connections of this pool. The request's count spans
+        every pool, and one connection each of a primary and a declared replica is fine."""
         with self._lock:
+            held_here = sum(1 for _, holding in self._held() if holding[1] is request)
+            if held_here < 2:
+                return
+            request.multi_flagged = True
             self._count["multi_connection_requests"] += 1
             self._multi.appendleft(
                 MultiConnectionRequest(
                     self._wall(), f"{request.method} {request.route}", request.request_id,
-                    request.connections_held,
+                    held_here,
                 )
             )  # fmt: skip
         log.warning(
-            "request %s %s holds %d connections at once (one session per request)",
-            request.method, request.route, request.connections_held,
+            "request %s %s holds %d connections of pool %s at once (one session per request)",
+            request.method, request.route, held_here, self.pool_name,
         )  # fmt: skip
 
     def _record_timeout(self, waited_s: float) -> None:
