@@ -17,6 +17,7 @@ from starlette.routing import Match
 
 from monitor import PoolMonitor
 from monitor.instrumentation.attribution import AttributionMiddleware
+from monitor.metrics import names
 
 
 @pytest.fixture
@@ -130,7 +131,7 @@ def test_metrics_path_is_configurable_beside_the_apps_own(
             client.get("/items")
             assert "app_orders_total 3.0" in client.get("/metrics").text
             ours = client.get("/pool-monitor/metrics").text
-            assert 'sqlalchemy_pool_checkouts_total{pool_name="' in ours
+            assert f'{names.CHECKOUTS_TOTAL}{{{names.POOL_NAME}="{monitor.pool_name}"}}' in ours
             assert 'href="/pool-monitor/metrics"' in client.get("/monitor/").text
     assert _warnings_about(caplog, "metrics_path") == []
     monitor.detach()
@@ -170,5 +171,5 @@ def test_the_apps_own_registry_can_carry_the_monitors_metrics(engine: Engine) ->
         client.get("/items")
         body = client.get("/metrics").text
     assert "app_orders_total 3.0" in body
-    assert f'sqlalchemy_pool_checkouts_total{{pool_name="{monitor.pool_name}"}} 1.0' in body
+    assert f'{names.CHECKOUTS_TOTAL}{{{names.POOL_NAME}="{monitor.pool_name}"}} 1.0' in body
     monitor.detach()
