@@ -243,3 +243,36 @@ def test_one_probe_per_database_url(primary: Engine, database_url: URL) -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_otel_instruments_cover_every_pool(primary: Engine, database_url: URL) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from monitor.metrics import otel
+
+    unlimited = create_engine(database_url, pool_size=1, max_overflow=-1)
+    monitor = PoolMonitor(primary, probe=False)
+    monitor.add_engine(unlimited, pool_name="reports", role="reports")
+    reader = InMemoryMetricReader()
+    otel.PoolInstruments(lambda: monitor).register(MeterProvider([reader]).get_meter("test"))
+    try:
+        with unlimited.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            data = reader.get_metrics_data()
+        points: dict[str, dict[str, float]] = {}
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        attributes = dict(point.attributes or {})
+                        if attributes.get(otel.STATE, "used") == "used":
+                            pool = str(attributes[otel.POOL_NAME])
+                            points.setdefault(metric.name, {})[pool] = getattr(point, "value", 0)
+        assert points["db.client.connection.count"] == {primary.url.database: 0, "reports": 1}
+        # The unlimited pool reports no maximum rather than a false one.
+        assert points["db.client.connection.max"] == {primary.url.database: 3}
+    finally:
+        monitor.detach()
+        unlimited.dispose()
