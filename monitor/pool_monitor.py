@@ -25,6 +25,7 @@ from monitor.state.records import PoolSnapshot, PoolStats, to_dict
 from monitor.state.server import ServerHealth
 from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker
+from monitor.state.verdicts import VerdictWindow
 from monitor.state.view import LOCAL_HOSTS, AppInfo, MonitorView, build_view
 from monitor.urls import mask_url
 from monitor.watched_pool import (
@@ -113,6 +114,7 @@ class PoolMonitor:
         slow_query_s: float = 0.5,
         probe_interval_s: float = 5.0,
         probe_timeout_s: float = 2.0,
+        verdict_window_s: float = 900.0,
         pool_name: str | None = None,
         role: str = PRIMARY,
         capture_sites: bool = True,
@@ -128,6 +130,7 @@ class PoolMonitor:
             ("slow_query_s", slow_query_s),
             ("probe_interval_s", probe_interval_s),
             ("probe_timeout_s", probe_timeout_s),
+            ("verdict_window_s", verdict_window_s),
         ):
             if not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -137,15 +140,17 @@ class PoolMonitor:
         self.probe_timeout_s = float(probe_timeout_s)
         self.probe_enabled = probe
         self.dashboard_token = dashboard_token
-        # One capture for every pool: it caches which code is app code.
-        self._capture = (
-            SiteCapture(
+        self.verdict_window_s = float(verdict_window_s)
+        # Each pool gets its own captures (they remember the depths of their checkout paths).
+        self._site_capture: Callable[[], SiteCapture | None] = (
+            partial(
+                SiteCapture,
                 _library_prefixes(library_prefixes),
                 _parent_greenlet_frame,
                 app_prefixes=_app_prefixes(app_prefixes),
             )
             if capture_sites
-            else None
+            else lambda: None
         )
         self._health_by_url: dict[str, ServerHealth] = {}
         self._pools: list[WatchedPool] = []
@@ -165,6 +170,7 @@ class PoolMonitor:
         self.probe_url = primary.probe_url
         self._pool_listeners = primary.pool_listeners
         self._statement_listeners = primary.statement_listeners
+        self.verdicts = primary.verdicts
 
     def add_engine(
         self,
@@ -205,8 +211,10 @@ class PoolMonitor:
                 probe_url=url,
                 url_source=url_source,
                 server_health=health,
-                pool_listeners=PoolListeners(tracker, self._capture, is_async=is_async),
-                statement_listeners=StatementListeners(tracker),
+                pool_listeners=PoolListeners(tracker, self._site_capture(), is_async=is_async),
+                statement_listeners=StatementListeners(tracker, self._site_capture()),
+                # Rules fail while their condition held within this window, then clear.
+                verdicts=VerdictWindow(self.verdict_window_s),
             )
             watched.pool_listeners.attach(sync_engine)
             watched.statement_listeners.attach(sync_engine)
@@ -362,7 +370,9 @@ class PoolMonitor:
             if other is not watched and other.server_health is watched.server_health
             for pid in other.tracker.pids()
         )
-        return build_view(pool, watched.pool_stats(), health, app, sibling_pids=siblings)
+        return build_view(
+            pool, watched.pool_stats(), health, app, watched.verdicts, sibling_pids=siblings
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """The data of `/monitor/api/snapshot`: plain, JSON-serialisable. `pools` lists every

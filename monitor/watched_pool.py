@@ -17,6 +17,7 @@ from monitor.instrumentation.statements import StatementListeners
 from monitor.state.records import PoolStats
 from monitor.state.server import ServerHealth, ServerHealthSnapshot
 from monitor.state.tracker import PoolTracker
+from monitor.state.verdicts import VerdictWindow
 from monitor.urls import sync_psycopg2_url
 
 PRIMARY = "primary"
@@ -36,6 +37,7 @@ class WatchedPool:
     server_health: ServerHealth
     pool_listeners: PoolListeners
     statement_listeners: StatementListeners
+    verdicts: VerdictWindow
     attached: bool = field(default=True)
 
     def pool_stats(self) -> PoolStats:

@@ -225,7 +225,7 @@ class PoolTracker:
             self._wait_samples.append(waited_s)
         if request is not None:
             request.connections_held += 1
-            if request.connections_held > 1 and not request.multi_flagged:
+            if request.connections_held > 1:
                 self._flag_multi_connection(request)
 
     def checkin(self, slot: Slot, reclaimed: bool = False) -> None:
@@ -263,16 +263,29 @@ class PoolTracker:
     def reset(self, slot: Slot, *, terminated: bool) -> None:
         slot.history.append((self._clock(), "reset", "terminated" if terminated else "rollback"))
 
-    def wait_failed(self, waited_s: float, *, timed_out: bool) -> None:
-        """A caller waited and got no connection (pool timeout, or the connect failed)."""
+    def wait_failed(
+        self,
+        waited_s: float,
+        *,
+        timed_out: bool,
+        request: RequestScope | None = None,
+        site: RawSite = (),
+    ) -> None:
+        """A caller waited and got no connection (pool timeout, or the connect failed);
+        `request` and `site`: who waited and where it asked."""
         self.wait_time.observe(waited_s)
         if timed_out:
-            self._record_timeout(waited_s)
+            self._record_timeout(waited_s, describe(request, threading.get_ident()), site)
 
     # ---- statements --------------------------------------------------------------------------
 
     def slow_query(
-        self, fingerprint: str, statement: str, duration_s: float, route: str | None
+        self,
+        fingerprint: str,
+        statement: str,
+        duration_s: float,
+        route: str | None,
+        site: RawSite = (),
     ) -> None:
         now = self._wall()
         with self._lock:
@@ -281,7 +294,7 @@ class PoolTracker:
             if group is None:
                 if len(self._slow) >= self._max_slow_queries:
                     self._slow.popitem(last=False)  # forget the least recently seen group
-                group = self._slow[fingerprint] = [statement, 0, 0.0, 0.0, now, route]
+                group = self._slow[fingerprint] = [statement, 0, 0.0, 0.0, now, route, site]
             else:
                 self._slow.move_to_end(fingerprint)
             group[1] += 1
@@ -289,6 +302,7 @@ class PoolTracker:
             group[3] = max(group[3], duration_s)
             group[4] = now
             group[5] = route
+            group[6] = site
 
     def statement_error(self) -> None:
         with self._lock:
@@ -363,7 +377,9 @@ class PoolTracker:
                 **self._count,
             )
             slow = tuple(
-                SlowQueryGroup(fp, g[0], g[1], g[2], g[3], g[4], g[5])
+                SlowQueryGroup(
+                    fp, g[0], g[1], g[2], g[3], g[4], g[5], format_site(g[6]) if detail else ()
+                )
                 for fp, g in self._slow.items()
             )
             return PoolSnapshot(
@@ -530,40 +546,59 @@ class PoolTracker:
             holding[1].connections_held -= 1
 
     def _flag_multi_connection(self, request: RequestScope) -> None:
-        """Flag a request holding several connections of this pool. The request's count spans
-        every pool, and one connection each of a primary and a declared replica is fine."""
+        """A request holds a second connection of this pool (or one more): record it, with every
+        site. The request's count spans every pool: one connection each of a primary and a
+        declared replica is fine."""
         with self._lock:
-            held_here = sum(1 for _, holding in self._held() if holding[1] is request)
-            if held_here < 2:
+            mine = [holding for _, holding in self._held() if holding[1] is request]
+            held = len(mine)
+            if held < 2:
                 return
             request.multi_flagged = True
-            self._count["multi_connection_requests"] += 1
-            self._multi.appendleft(
-                MultiConnectionRequest(
-                    self._wall(), f"{request.method} {request.route}", request.request_id,
-                    held_here,
+            previous = next((m for m in self._multi if m.request_id == request.request_id), None)
+            first = previous is None
+            if previous is not None and previous.connections >= held:
+                return
+            sites = tuple(format_site(holding[3]) for holding in mine)
+            route = f"{request.method} {request.route}"
+            if first:
+                self._count["multi_connection_requests"] += 1
+                self._multi.appendleft(
+                    MultiConnectionRequest(self._wall(), route, request.request_id, held, sites)
                 )
+            elif previous is not None:  # the same request took one more: keep its peak
+                index = self._multi.index(previous)
+                self._multi[index] = MultiConnectionRequest(
+                    previous.at, route, request.request_id, held, sites
+                )
+        if first:
+            log.warning(
+                "request %s holds %d connections of pool %s at once (one session per request), "
+                "taken at %s",
+                route, held, self.pool_name,
+                " and ".join(str(site[0]) if site else "?" for site in sites),
             )  # fmt: skip
-        log.warning(
-            "request %s %s holds %d connections of pool %s at once (one session per request)",
-            request.method, request.route, held_here, self.pool_name,
-        )  # fmt: skip
 
-    def _record_timeout(self, waited_s: float) -> None:
+    def _record_timeout(self, waited_s: float, waiter: Holder, raw_site: RawSite) -> None:
         now = self._clock()
+        site = format_site(raw_site)
         with self._lock:
             self._count["timeouts"] += 1
             holders = tuple(self._view(slot, now, None) for slot, _ in self._held())
-            self._timeouts.appendleft(PoolTimeoutRecord(self._to_wall(now), waited_s, holders))
+            self._timeouts.appendleft(
+                PoolTimeoutRecord(self._to_wall(now), waited_s, holders, waiter, site)
+            )
         summary = "; ".join(
             f"slot {view.slot_id} {view.holder.route if view.holder else '?'} "
             f"{(view.held_for_s or 0):.1f}s at {view.site[0] if view.site else '?'}"
             for view in holders
         )
         log.warning(
-            "pool %s timed out after %.2f s; holders: %s",
+            "pool %s timed out after %.2f s for %s at %s; holders: %s",
             self.pool_name,
             waited_s,
+            waiter.route,
+            site[0] if site else "unknown site",
             summary or "none",
         )
 
