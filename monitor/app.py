@@ -95,6 +95,7 @@ def _attach_monitor(
         dashboard_token=settings.dashboard_token,
         url_source=url_source,
         probe_url=url,
+        pgbouncer_url=settings.pgbouncer_url,
     )
     app.state.pool_monitor = monitor
     monitor.start()

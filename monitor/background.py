@@ -9,6 +9,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from monitor.instrumentation.pools_seen import ignore_pool
+from monitor.probes.pgbouncer import PgBouncerProbe
 from monitor.probes.runner import ServerProbe
 from monitor.probes.scheduler import start_scheduler, stop_scheduler
 from monitor.state.server import ServerHealth
@@ -25,6 +26,7 @@ class Background:
     def __init__(self, monitor: PoolMonitor) -> None:
         self._monitor = monitor
         self._probes: dict[str, ServerProbe] = {}  # by job id
+        self._pgbouncer: PgBouncerProbe | None = None
         self._scheduler: Any = None
         self._lock = threading.Lock()
 
@@ -64,6 +66,15 @@ class Background:
                 self._probes[job_id] = probe
                 run = self._probe_then_sweep(probe, pools)
                 jobs.insert(index, (job_id, run, monitor.probe_interval_s))
+        if monitor.pgbouncer_url is not None and monitor.pgbouncer_health is not None:
+            # Same schedule and time budget as the server probe, on a job of its own.
+            self._pgbouncer = PgBouncerProbe(
+                monitor.pgbouncer_url,
+                monitor.pgbouncer_health,
+                timeout_s=monitor.probe_timeout_s,
+                application_name=PROBE_APPLICATION_NAME,
+            )
+            jobs.append(("pgbouncer-probe", self._pgbouncer.run_once, monitor.probe_interval_s))
         probes = dict(self._probes)
 
         def skipped(job_id: str) -> None:
@@ -81,22 +92,23 @@ class Background:
         for probe in self._probes.values():
             probe.close()
         self._probes.clear()
+        self._pgbouncer = None
 
     def sweep(self) -> None:
         for watched in self._monitor.pools:
-            _sweep(watched)
+            self._sweep(watched)
+
+    def _sweep(self, watched: WatchedPool) -> None:
+        # The monitor's states: behind PgBouncer the drivers' pids are translated through it.
+        watched.tracker.sweep(self._monitor.pool_server_states(watched))
 
     def _probe_then_sweep(self, probe: ServerProbe, pools: list[WatchedPool]) -> Any:
         def run() -> None:
             probe.run_once()
             for watched in pools:
-                _sweep(watched)  # classify new leaks with the freshest server view
+                self._sweep(watched)  # classify new leaks with the freshest server view
 
         return run
-
-
-def _sweep(watched: WatchedPool) -> None:
-    watched.tracker.sweep(watched.server_states())
 
 
 def _by_server(pools: tuple[WatchedPool, ...]) -> list[tuple[ServerHealth, list[WatchedPool]]]:

@@ -21,8 +21,10 @@ from monitor.instrumentation.pool_listeners import PoolListeners
 from monitor.instrumentation.pool_stats import queue_waiters
 from monitor.instrumentation.pools_seen import pools_observed, watch_pools
 from monitor.instrumentation.statements import StatementListeners
+from monitor.state.pgbouncer import PgBouncerHealth, PgBouncerHealthSnapshot
+from monitor.state.pooler import pooler_info, states_by_driver_pid
 from monitor.state.records import PoolSnapshot, PoolStats, to_dict
-from monitor.state.server import ServerHealth
+from monitor.state.server import ServerHealth, ServerHealthSnapshot
 from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker
 from monitor.state.verdicts import VerdictWindow
@@ -122,6 +124,7 @@ class PoolMonitor:
         dashboard_token: str | None = None,
         url_source: str = "engine",
         probe_url: URL | str | None = None,
+        pgbouncer_url: URL | str | None = None,
         library_prefixes: Sequence[str] = (),
         app_prefixes: Sequence[str] = (),
     ) -> None:
@@ -155,6 +158,9 @@ class PoolMonitor:
         self._health_by_url: dict[str, ServerHealth] = {}
         self._pools: list[WatchedPool] = []
         self._lock = threading.Lock()
+        # PgBouncer's admin console (`pgbouncer` database), read on the probe's schedule.
+        self.pgbouncer_url: URL | None = make_url(pgbouncer_url) if pgbouncer_url else None
+        self.pgbouncer_health = PgBouncerHealth() if self.pgbouncer_url is not None else None
         self._background: Any = None
         self._host: PoolMonitor | None = None  # set when installed into an app that had one
         primary = self.add_engine(
@@ -351,7 +357,8 @@ class PoolMonitor:
         self, watched: WatchedPool, pools: Sequence[WatchedPool], *, detail: bool
     ) -> MonitorView:
         health = watched.server_health.snapshot()
-        pool = watched.tracker.snapshot(server_states(health), detail=detail)
+        pgbouncer = self.pgbouncer_health.snapshot() if self.pgbouncer_health else None
+        pool = watched.tracker.snapshot(self._states(watched, health, pgbouncer), detail=detail)
         url = watched.probe_url  # the full URL: sslmode and socket host live in its query
         host = url.host or ""
         app = AppInfo(
@@ -371,7 +378,13 @@ class PoolMonitor:
             for pid in other.tracker.pids()
         )
         return build_view(
-            pool, watched.pool_stats(), health, app, watched.verdicts, sibling_pids=siblings
+            pool,
+            watched.pool_stats(),
+            health,
+            app,
+            watched.verdicts,
+            pgbouncer=pgbouncer,
+            sibling_pids=siblings,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -390,7 +403,27 @@ class PoolMonitor:
 
     def server_states(self) -> dict[int, str | None] | None:
         """pid -> pg_stat_activity.state from the last successful probe (None when stale)."""
-        return self._pools[0].server_states()
+        return self.pool_server_states(self._pools[0])
+
+    def pool_server_states(self, watched: WatchedPool) -> dict[int, str | None] | None:
+        """pid -> state for one pool's connections (what its leak sweep classifies by)."""
+        health = watched.server_health.snapshot()
+        pgbouncer = self.pgbouncer_health.snapshot() if self.pgbouncer_health else None
+        return self._states(watched, health, pgbouncer)
+
+    def _states(
+        self,
+        watched: WatchedPool,
+        health: ServerHealthSnapshot,
+        pgbouncer: PgBouncerHealthSnapshot | None,
+    ) -> dict[int, str | None] | None:
+        states = server_states(health)
+        info = pooler_info(health, pgbouncer)
+        if states is None or not info.detected:
+            return states
+        # Behind a pooler the drivers' pids are PgBouncer's keys: translate through the join.
+        connections = watched.tracker.snapshot(None, detail=False).connections
+        return states_by_driver_pid(connections, info, pgbouncer, states)
 
 
 def sync_engine_of(engine: Engine | AsyncEngine) -> tuple[Engine, bool]:

@@ -19,6 +19,13 @@ class LeakClass(StrEnum):
     IDLE = "idle"  # held with no work (across an await, an HTTP call, a forgotten close)
     ACTIVE = "active"  # a long query: slow rather than leaked
     UNKNOWN = "unknown"  # no server data for it (yet)
+    # Behind a pooler that hands server sessions out per transaction (or of unknown mode):
+    # no server session belongs to it, so its server state cannot be known.
+    NO_SERVER_VIEW = "no_server_view"
+
+
+# The server state reported for a pooled connection that has no server session of its own.
+NO_SERVER_SESSION = "<no server session of its own>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,8 @@ class ConnectionView:
     checkouts: int
     leak_class: LeakClass | None
     history: tuple[LifecycleEvent, ...]
+    client_addr: str | None = None  # the app's end of its TCP socket (what a pooler sees)
+    client_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from monitor.state.histogram import (
 )
 from monitor.state.holders import Holder, RequestScope, describe
 from monitor.state.records import (
+    NO_SERVER_SESSION,
     ConnectionView,
     GcReclaim,
     LeakClass,
@@ -54,11 +55,22 @@ HistoryEntry = tuple[float, str, str]
 class Slot:
     """One pool slot (a SQLAlchemy connection record), stable across reconnects."""
 
-    __slots__ = ("checkouts", "connected_at", "cycles", "history", "holding", "id", "leak", "pid")
+    __slots__ = (
+        "address",
+        "checkouts",
+        "connected_at",
+        "cycles",
+        "history",
+        "holding",
+        "id",
+        "leak",
+        "pid",
+    )
 
     def __init__(self, slot_id: int, connected_at: float) -> None:
         self.id = slot_id
         self.pid: int | None = None
+        self.address: tuple[str, int] | None = None  # the app's end of a TCP socket
         self.connected_at = connected_at
         self.holding: Holding | None = None  # set while checked out
         self.checkouts = 0
@@ -158,10 +170,18 @@ class PoolTracker:
     def new_slot(self) -> Slot:
         return Slot(next(self._ids), self._clock())
 
-    def connected(self, slot: Slot, pid: int | None, create_s: float | None) -> None:
+    def connected(
+        self,
+        slot: Slot,
+        pid: int | None,
+        create_s: float | None,
+        *,
+        address: tuple[str, int] | None = None,
+    ) -> None:
         now = self._clock()
         with self._lock:
             slot.pid = pid
+            slot.address = address
             slot.connected_at = now
             self._open[slot.id] = slot
             self._count["connects"] += 1
@@ -182,6 +202,7 @@ class PoolTracker:
                 slot.checkouts = 0
             slot.history.append((now, "close", ""))
             slot.pid = None
+            slot.address = None
 
     def invalidated(self, slot: Slot, *, soft: bool, reason: str) -> None:
         kind = "soft_invalidate" if soft else "invalidate"
@@ -466,6 +487,8 @@ class PoolTracker:
             checkouts=slot.checkouts,
             leak_class=leak_class,
             history=self._history(slot, holding) if detail else (),
+            client_addr=slot.address[0] if slot.address else None,
+            client_port=slot.address[1] if slot.address else None,
         )
 
     def _history(self, slot: Slot, holding: Holding | None) -> tuple[LifecycleEvent, ...]:
@@ -607,6 +630,8 @@ def classify(server_state: str | None) -> LeakClass:
     """Leak class from pg_stat_activity.state of the held connection's backend."""
     if server_state is None:
         return LeakClass.UNKNOWN
+    if server_state == NO_SERVER_SESSION:
+        return LeakClass.NO_SERVER_VIEW
     if server_state.startswith("idle in transaction"):
         return LeakClass.IDLE_IN_TRANSACTION
     if server_state == "idle":

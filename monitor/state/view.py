@@ -8,8 +8,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from monitor.state.pgbouncer import PgBouncerHealthSnapshot
+from monitor.state.pooler import JOIN_NONE, PoolerInfo, pooler_info, server_pids
 from monitor.state.records import ConnectionView, LeakClass, PoolSnapshot, PoolStats
-from monitor.state.server import Backend, ServerHealthSnapshot, seconds_until_killed
+from monitor.state.server import (
+    IDLE_IN_TRANSACTION_STATES,
+    Backend,
+    ServerHealthSnapshot,
+    seconds_until_killed,
+)
 from monitor.state.verdicts import DEFAULT_WINDOW_S, RuleVerdict, VerdictWindow
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "")
@@ -23,6 +30,8 @@ class HeldConnection:
     server: Backend | None
     killed_by: str | None  # the server timeout that will end this session first
     killed_in_s: float | None
+    server_pid: int | None = None  # its server session's pid (through a pooler: the joined one)
+    no_server_view: str | None = None  # why no server state can exist for it (a pooler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,8 @@ class MonitorView:
     rules: tuple[RuleVerdict, ...]
     drift: int  # tracker's checked-out count minus the pool's own
     verdict_window_s: float = DEFAULT_WINDOW_S
+    pooler: PoolerInfo | None = None
+    pgbouncer: PgBouncerHealthSnapshot | None = None  # when its admin console is configured
 
 
 def build_view(
@@ -69,42 +80,56 @@ def build_view(
     server: ServerHealthSnapshot,
     app: AppInfo,
     verdicts: VerdictWindow | None = None,
+    *,
+    pgbouncer: PgBouncerHealthSnapshot | None = None,
     sibling_pids: frozenset[int] = frozenset(),
 ) -> MonitorView:
     """`verdicts`: keeps each rule failing while its condition held within its window;
     `sibling_pids`: backends of the app's other pools on the same server (not orphans)."""
     sample = server.last_sample if server.up else None
     by_pid = {b.pid: b for b in sample.backends} if sample is not None else {}
+    pooler = pooler_info(server, pgbouncer)
+    # Behind a pooler the drivers' pids are not server pids: only joined ones are looked up.
+    pids = server_pids(pool.connections, pooler, pgbouncer)
     held: list[HeldConnection] = []
     for connection in pool.connections:
         if not connection.checked_out:
             continue
-        backend = by_pid.get(connection.pid) if connection.pid is not None else None
+        server_pid = pids.get(connection.slot_id)
+        backend = by_pid.get(server_pid) if server_pid is not None else None
         checked_out_at = connection.checked_out_at
         if sample is not None and checked_out_at is not None and sample.taken_at < checked_out_at:
             backend = None  # sampled before this checkout: the previous holder's state
         timer = seconds_until_killed(backend, sample.settings) if backend and sample else None
         held.append(
             HeldConnection(
-                connection, backend, timer[0] if timer else None, timer[1] if timer else None
+                connection,
+                backend,
+                timer[0] if timer else None,
+                timer[1] if timer else None,
+                server_pid=server_pid,
+                no_server_view=pooler.why_no_join if pooler.join == JOIN_NONE else None,
             )
         )
     held.sort(key=lambda h: h.connection.held_for_s or 0.0, reverse=True)
 
     orphans: tuple[Backend, ...] = ()
     phantoms: tuple[ConnectionView, ...] = ()
-    if sample is not None:
-        known = {c.pid for c in pool.connections if c.pid is not None}
+    if sample is not None and pooler.join != JOIN_NONE:
+        known = {pid for pid in pids.values() if pid is not None}
         names = {by_pid[pid].application_name for pid in known if pid in by_pid}
         orphans = tuple(
             b
             for b in sample.backends
             if b.application_name in names and b.pid not in known and b.pid not in sibling_pids
         )
+        # Through PgBouncer a client not linked to a server (yet) has no pid to miss.
         phantoms = tuple(
             c
             for c in pool.connections
-            if c.pid is not None and c.pid not in by_pid and c.connected_at < sample.taken_at
+            if pids.get(c.slot_id) is not None
+            and pids[c.slot_id] not in by_pid
+            and c.connected_at < sample.taken_at
         )
     capacity = _capacity(stats, server)
     view = MonitorView(
@@ -119,6 +144,8 @@ def build_view(
         rules=(),
         drift=pool.checked_out - stats.checked_out,
         verdict_window_s=verdicts.window_s if verdicts is not None else DEFAULT_WINDOW_S,
+        pooler=pooler,
+        pgbouncer=pgbouncer,
     )
     rules = evaluate_rules(view)
     return dataclasses.replace(view, rules=verdicts.apply(rules) if verdicts else rules)
@@ -226,11 +253,19 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     )
     leaked_tx = sum(1 for leak in pool.leaks if leak.leak_class is LeakClass.IDLE_IN_TRANSACTION)
     status = "ok" if idle_tx == 0 else ("fail" if leaked_tx else "warn")
-    verdicts.append(
-        RuleVerdict("Commit explicitly, handle rollbacks", status,
-                    f"{idle_tx} held connection(s) idle in transaction"
-                    + (f", {leaked_tx} of them past the leak threshold" if leaked_tx else ""))
-    )  # fmt: skip
+    why = f"{idle_tx} held connection(s) idle in transaction" + (
+        f", {leaked_tx} of them past the leak threshold" if leaked_tx else ""
+    )
+    sample = view.server.last_sample if view.server.up else None
+    if view.pooler is not None and view.pooler.join == JOIN_NONE and sample is not None:
+        # No held connection has a server session to look at: say what the server shows.
+        server_idle_tx = sum(1 for b in sample.backends if b.state in IDLE_IN_TRANSACTION_STATES)
+        status = "ok" if server_idle_tx == 0 else "warn"
+        why = (
+            f"{server_idle_tx} server session(s) of {sample.database} idle in transaction; "
+            "behind the pooler they cannot be tied to this pool's connections"
+        )
+    verdicts.append(RuleVerdict("Commit explicitly, handle rollbacks", status, why))
 
     problems = []
     if view.capacity.pool_share_ratio is not None and view.capacity.pool_share_ratio > 1:

@@ -51,6 +51,7 @@ LAYOUT: tuple[tuple[str, str, int], ...] = (
     ("probe", "Server probe", 4),
     ("rules", "Connection guide rules", 12),
     ("server", "Server sessions and capacity", 12),
+    ("pgbouncer", "PgBouncer", 12),
 )
 _NO_STORE = {"Cache-Control": "no-store"}
 _history_lock = threading.Lock()

@@ -37,6 +37,7 @@ from monitor.web.formatting import (
     worst_status,
 )
 from monitor.web.history import GaugeSample
+from monitor.web.pgbouncer_panel import build_pgbouncer
 from monitor.web.render_context import RenderContext
 from monitor.web.server_panels import build_blocking, build_orphans, build_server
 
@@ -45,12 +46,14 @@ LEAK_LABELS = {
     LeakClass.IDLE: "idle but held",
     LeakClass.ACTIVE: "active long query",
     LeakClass.UNKNOWN: "no server data yet",
+    LeakClass.NO_SERVER_VIEW: "held, behind a pooler (no server session of its own)",
 }
 LEAK_STATUS = {
     LeakClass.IDLE_IN_TRANSACTION: "fail",
     LeakClass.IDLE: "warn",
     LeakClass.ACTIVE: "warn",
     LeakClass.UNKNOWN: "warn",
+    LeakClass.NO_SERVER_VIEW: "warn",
 }
 
 
@@ -377,6 +380,8 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
     server_state, wait_event, xact_age, query, kill = (
         _state_when_unknown(view), NOTHING, NOTHING, NOTHING, NOTHING,
     )  # fmt: skip
+    if held.no_server_view is not None:
+        server_state, wait_event = "no server session of its own", held.no_server_view
     if backend is not None:
         server_state = backend.state or NOTHING
         wait_event = wait_event_text(backend)
@@ -393,7 +398,8 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
     return ConnectionRow(
         key=f"held-{conn.slot_id}-{conn.checkouts}",
         slot=conn.slot_id,
-        pid=pid_text(conn.pid),
+        # Behind a pooler the driver's pid is the pooler's key: show the joined one.
+        pid=pid_text(held.server_pid if view.pooler and view.pooler.detected else conn.pid),
         request_id=request_id_label(conn.holder),
         age=duration(conn.held_for_s),
         status=LEAK_STATUS[leak] if leak else "ok",
@@ -943,6 +949,7 @@ BUILDERS: dict[str, Builder] = {
     "slow": build_slow,
     "timeouts": build_timeouts,
     "orphans": build_orphans,
+    "pgbouncer": build_pgbouncer,
 }
 PANEL_NAMES: tuple[str, ...] = tuple(BUILDERS)
 
