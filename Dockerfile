@@ -7,7 +7,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# .dockerignore keeps the build context to what `pip install .` needs.
+# .dockerignore keeps the build context to what `pip install .` needs. The plain install is all
+# the image needs: it serves the database of DATABASE_URL (the `demo` extra adds the embedded
+# PostgreSQL and the load generator, for `pool-monitor demo`, `load` and `selftest`).
 COPY . .
 RUN pip install . && rm -rf /src
 

@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The dashboard shows a button per scenario; it reads the list, it never imports the demo.
         app.state.demo_scenarios = SCENARIOS
     if settings.enabled:
-        add_monitor_routes(app)
+        # The demo app's own schema documents the snapshot API (a library user's does not).
+        add_monitor_routes(app, include_in_schema=True)
     _add_health_routes(app)
     return app
 

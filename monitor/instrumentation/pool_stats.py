@@ -1,16 +1,29 @@
-"""Read the pool's own counters; QueuePool's overflow() is negative below pool_size, so clamp it."""
+"""Read the pool's own counters; QueuePool's overflow() is negative below pool_size, so clamp it.
+
+Pools without counters (NullPool, StaticPool, SingletonThreadPool, AssertionPool) are measured by
+the tracker instead: the checkouts it saw and the connections it knows open.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
 
 from monitor.state.records import PoolStats
 
+# Pools that hold one connection at most, by class name (subclasses included through the MRO).
+_SINGLE_CONNECTION = ("StaticPool", "AssertionPool")
 
-def read_pool_stats(engine: Engine) -> PoolStats:
+
+def read_pool_stats(
+    engine: Engine, tracked: Callable[[], tuple[int, int]] = lambda: (0, 0)
+) -> PoolStats:
+    """`tracked()`: (checked out, open) as the tracker counts them, for pools without counters."""
     pool: Any = engine.pool
+    if not callable(getattr(pool, "checkedout", None)):
+        return _tracked_pool_stats(engine, pool, *tracked())
     size = _call_int(pool, "size")
     checked_out = _call_int(pool, "checkedout")
     checked_in = _call_int(pool, "checkedin")
@@ -21,8 +34,9 @@ def read_pool_stats(engine: Engine) -> PoolStats:
     return PoolStats(
         pool_class=type(pool).__name__,
         size=size,
-        max_overflow=max(0, max_overflow),
+        max_overflow=max_overflow,
         max_connections=size + max(0, max_overflow),
+        unbounded=max_overflow < 0,  # max_overflow=-1: as many as callers ask for
         checked_out=checked_out,
         checked_in=checked_in,
         overflow=overflow,
@@ -30,6 +44,29 @@ def read_pool_stats(engine: Engine) -> PoolStats:
         recycle_s=float(recycle) if isinstance(recycle, int | float) and recycle > 0 else None,
         pre_ping=bool(getattr(pool, "_pre_ping", False)),
         echo=bool(engine.echo),
+    )
+
+
+def _tracked_pool_stats(engine: Engine, pool: Any, checked_out: int, open_: int) -> PoolStats:
+    names = {cls.__name__ for cls in type(pool).__mro__}
+    single = bool(names.intersection(_SINGLE_CONNECTION))
+    # SingletonThreadPool keeps a connection per thread (`size` of them before it closes the
+    # oldest) but opens one for every thread that asks: no maximum. NullPool keeps none.
+    size = 1 if single else int(getattr(pool, "size", 0)) if "SingletonThreadPool" in names else 0
+    recycle = getattr(pool, "_recycle", -1)
+    return PoolStats(
+        pool_class=type(pool).__name__,
+        size=size,
+        max_overflow=0,
+        max_connections=1 if single else size,
+        checked_out=checked_out,
+        checked_in=max(0, open_ - checked_out),
+        overflow=0,
+        timeout_s=None,
+        recycle_s=float(recycle) if isinstance(recycle, int | float) and recycle > 0 else None,
+        pre_ping=bool(getattr(pool, "_pre_ping", False)),
+        echo=bool(engine.echo),
+        unbounded=not single,
     )
 
 

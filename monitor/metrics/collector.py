@@ -48,18 +48,44 @@ class MonitorCollector(Collector):
         monitor = self._get_monitor()
         if monitor is None:
             return
-        view = monitor.view(detail=False)
-        yield from pool_families(view)
-        # Without a probe there is no server view at all; an up of 0 would claim the server is down.
-        if monitor.probe_enabled:
-            yield from server_families(view)
-            yield from probe_families(view.server)
-        if view.pgbouncer is not None:
-            yield from pgbouncer_families(view.pgbouncer)
+        yield from merged(self._families(monitor))
+
+    def _families(self, monitor: PoolMonitor) -> Iterator[Metric]:
+        # Anything with `view()` will do (benchmarks and tests pass stand-ins); `views()` when
+        # it watches several pools.
+        views = getattr(monitor, "views", None)
+        for view in views(detail=False) if views is not None else (monitor.view(detail=False),):
+            yield from pool_families(view)
+            # Without a probe there is no server view: an up of 0 would claim the server is down.
+            if monitor.probe_enabled:
+                yield from server_families(view)
+                yield from probe_families(view.server)
+            # One PgBouncer console per monitor: every pool's view carries the same one.
+            if view.pgbouncer is not None:
+                yield from pgbouncer_families(view.pgbouncer)
 
     def describe(self) -> Iterable[Metric]:
         # Registering must not take a view (the monitor may not exist yet).
         return ()
+
+
+def merged(families: Iterable[Metric]) -> Iterator[Metric]:
+    """One family per name holding every pool's samples (a name twice is invalid exposition).
+    A sample already there with the same labels is dropped: pools of one server repeat its
+    facts, and with several servers the primary's come first."""
+    by_name: dict[str, Metric] = {}
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for family in families:
+        kept = by_name.setdefault(family.name, family)
+        samples = family.samples
+        if kept is family:
+            family.samples = []
+        for sample in samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            if key not in seen:
+                seen.add(key)
+                kept.samples.append(sample)
+    yield from by_name.values()
 
 
 def pool_families(view: MonitorView) -> Iterator[Metric]:
@@ -75,12 +101,13 @@ def pool_families(view: MonitorView) -> Iterator[Metric]:
     count.add_metric([pool.pool_name, names.STATE_USED], stats.checked_out)
     count.add_metric([pool.pool_name, names.STATE_IDLE], stats.checked_in)
     yield count
-    yield _gauge(
-        names.CONNECTION_MAX,
-        "Most connections the pool may open (pool_size + max_overflow).",
-        labels,
-        stats.max_connections,
-    )
+    if not stats.unbounded:  # no maximum (max_overflow=-1, NullPool): no false one either
+        yield _gauge(
+            names.CONNECTION_MAX,
+            "Most connections the pool may open (pool_size + max_overflow).",
+            labels,
+            stats.max_connections,
+        )
     yield _gauge(
         names.CONNECTION_IDLE_MAX,
         "Most idle connections the pool keeps open (pool_size).",

@@ -59,7 +59,7 @@ class PoolInstruments:
     ) -> None:
         self._get_monitor = get_monitor
         self._with_histograms = histograms
-        self._view: MonitorView | None = None
+        self._views: tuple[MonitorView, ...] = ()
         self._histograms: dict[str, Histogram] = {}
         self._replayed: dict[tuple[str, str], _Replayed] = {}
 
@@ -109,17 +109,20 @@ class PoolInstruments:
     def _count(self, options: CallbackOptions) -> Iterable[Observation]:
         # The first callback of a collection takes the view the others reuse: the SDK runs the
         # callbacks of a collection in registration order, one collection at a time (its lock).
-        view = self._read()
-        if view is None:
-            return []
-        attributes = {POOL_NAME: view.pool.pool_name}
-        return [
-            Observation(view.pool_stats.checked_out, {**attributes, STATE: "used"}),
-            Observation(view.pool_stats.checked_in, {**attributes, STATE: "idle"}),
-        ]
+        observations = []
+        for view in self._read():
+            attributes = {POOL_NAME: view.pool.pool_name}
+            observations += [
+                Observation(view.pool_stats.checked_out, {**attributes, STATE: "used"}),
+                Observation(view.pool_stats.checked_in, {**attributes, STATE: "idle"}),
+            ]
+        return observations
 
     def _max(self, options: CallbackOptions) -> Iterable[Observation]:
-        return self._pool_value(lambda view: view.pool_stats.max_connections)
+        # A pool without a maximum (max_overflow=-1, NullPool) reports none, not a false one.
+        return self._pool_value(
+            lambda view: None if view.pool_stats.unbounded else view.pool_stats.max_connections
+        )
 
     def _idle_max(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._pool_value(lambda view: view.pool_stats.size)
@@ -130,26 +133,35 @@ class PoolInstruments:
     def _timeouts(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._pool_value(lambda view: view.pool.counters.timeouts)
 
-    def _pool_value(self, value: Callable[[MonitorView], float]) -> Iterable[Observation]:
-        view = self._view
-        if view is None:
-            return []
-        return [Observation(value(view), {POOL_NAME: view.pool.pool_name})]
+    def _pool_value(self, value: Callable[[MonitorView], float | None]) -> Iterable[Observation]:
+        observations = []
+        for view in self._views:
+            number = value(view)
+            if number is not None:
+                observations.append(Observation(number, {POOL_NAME: view.pool.pool_name}))
+        return observations
 
     # ---- reading ---------------------------------------------------------------------------
 
-    def _read(self) -> MonitorView | None:
+    def _read(self) -> tuple[MonitorView, ...]:
+        """Every pool's view (a monitor may watch several engines), kept for this collection."""
         monitor = self._get_monitor()
-        self._view = None if monitor is None else monitor.view(detail=False)
-        if self._view is not None and self._with_histograms:
-            pool = self._view.pool
+        views = getattr(monitor, "views", None)
+        if monitor is None:
+            self._views = ()
+        elif views is not None:
+            self._views = views(detail=False)
+        else:
+            self._views = (monitor.view(detail=False),)
+        for view in self._views if self._with_histograms else ():
+            pool = view.pool
             for name, snapshot in (
                 (WAIT_TIME, pool.wait_time),
                 (USE_TIME, pool.use_time),
                 (CREATE_TIME, pool.create_time),
             ):
                 self._replay(name, pool.pool_name, snapshot)
-        return self._view
+        return self._views
 
     def _replay(self, name: str, pool_name: str, snapshot: HistogramSnapshot) -> None:
         # OpenTelemetry has no observable histogram: the samples new since the last collection

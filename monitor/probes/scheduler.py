@@ -12,6 +12,19 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 log = logging.getLogger(__name__)
 
+# APScheduler logs every run of every job at INFO (about 2.5 lines a second here), and its
+# executors log under their own names: quiet unless the user set a level on them.
+QUIET_LOGGERS = ("apscheduler", __name__)
+
+
+def quiet_scheduler_logs() -> None:
+    """WARNING for the scheduler's loggers the user left unset; the root logger is untouched."""
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
 Job = tuple[str, Callable[[], None], float]  # job id, function, interval in seconds
 
 
@@ -23,6 +36,7 @@ def start_scheduler(
     A tick that finds the job still running (or comes too late) is dropped and reported to
     `on_skip` with the job id, so a slow database never queues probes behind each other.
     """
+    quiet_scheduler_logs()
     scheduler = BackgroundScheduler(daemon=True, timezone=UTC, logger=log)
     if on_skip is not None:
 

@@ -207,8 +207,8 @@ class PoolStats:
 
     pool_class: str
     size: int  # pool_size: connections kept open
-    max_overflow: int
-    max_connections: int  # size + max_overflow: the pool's worst case
+    max_overflow: int  # -1: unlimited
+    max_connections: int  # size + max_overflow: the pool's worst case, unless unbounded
     checked_out: int
     checked_in: int
     overflow: int  # connections beyond pool_size right now (clamped at 0)
@@ -216,3 +216,5 @@ class PoolStats:
     recycle_s: float | None
     pre_ping: bool
     echo: bool
+    # No maximum: max_overflow=-1, NullPool, SingletonThreadPool (max_connections means nothing).
+    unbounded: bool = False

@@ -51,8 +51,11 @@ class SiteCapture:
         library_prefixes: tuple[str, ...],
         outer_frame: Callable[[], FrameType | None] | None = None,
         max_kept: int = _MAX_KEPT,
+        app_prefixes: tuple[str, ...] = (),
     ) -> None:
         self._prefixes = library_prefixes
+        # Inside a library prefix but app code all the same (an app installed into site-packages).
+        self._app_prefixes = app_prefixes
         # Where the stack continues when it ends without app frames (an async engine runs the
         # pool inside a greenlet; the app's coroutine frames are in the parent greenlet).
         self._outer_frame = outer_frame
@@ -158,7 +161,10 @@ class SiteCapture:
             self._app_ids.clear()
             self._library_ids.clear()
             self._paths.clear()
-        library = code.co_filename.startswith(self._prefixes)
+        filename = code.co_filename
+        library = filename.startswith(self._prefixes) and not (
+            self._app_prefixes and filename.startswith(self._app_prefixes)
+        )
         self._codes.append(code)
         (self._library_ids if library else self._app_ids).add(id(code))
         return library

@@ -574,6 +574,17 @@ class PoolTracker:
 
     # ---- internals ---------------------------------------------------------------------------
 
+    def counts(self) -> tuple[int, int]:
+        """(checked out, open): what pools without counters of their own are measured by."""
+        with self._lock:
+            held = self._held()
+            return len(held), len(self._open) + sum(1 for s, _ in held if s.id not in self._open)
+
+    def pids(self) -> set[int]:
+        """Backend pids of the pool's open connections."""
+        with self._lock:
+            return {slot.pid for slot in self._open.values() if slot.pid is not None}
+
     def _held(self) -> list[tuple[Slot, Holding]]:
         """Checked-out slots and their holdings, oldest checkout first (under the lock)."""
         self._forget_returned_closed()

@@ -53,6 +53,8 @@ class AppInfo:
     host_is_local: bool
     sslmode: str | None
     pools_observed: int
+    pools_declared: int = 1  # the primary plus the replicas the monitor was told about
+    role: str = "primary"  # of this pool: primary, replica, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +82,10 @@ def build_view(
     verdicts: VerdictWindow | None = None,
     *,
     pgbouncer: PgBouncerHealthSnapshot | None = None,
+    sibling_pids: frozenset[int] = frozenset(),
 ) -> MonitorView:
-    """`verdicts`: keeps each rule failing while its condition held within its window."""
+    """`verdicts`: keeps each rule failing while its condition held within its window;
+    `sibling_pids`: backends of the app's other pools on the same server (not orphans)."""
     sample = server.last_sample if server.up else None
     by_pid = {b.pid: b for b in sample.backends} if sample is not None else {}
     pooler = pooler_info(server, pgbouncer)
@@ -115,7 +119,9 @@ def build_view(
         known = {pid for pid in pids.values() if pid is not None}
         names = {by_pid[pid].application_name for pid in known if pid in by_pid}
         orphans = tuple(
-            b for b in sample.backends if b.application_name in names and b.pid not in known
+            b
+            for b in sample.backends
+            if b.application_name in names and b.pid not in known and b.pid not in sibling_pids
         )
         # Through PgBouncer a client not linked to a server (yet) has no pid to miss.
         phantoms = tuple(
@@ -159,9 +165,15 @@ def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
     # Over max_connections, not the slots open to ordinary roles: superusers' sessions use the
     # reserved slots, so that ratio passes 1 while this one stays within 0-1.
     used_ratio = used / max_connections if max_connections > 0 else None
-    share = stats.max_connections / available if available > 0 else None
+    # An unbounded pool has no share to compare: it takes what its callers ask for.
+    share = stats.max_connections / available if available > 0 and not stats.unbounded else None
     warning = None
-    if share is not None and share > 1:
+    if stats.unbounded and available > 0:
+        warning = (
+            f"the pool has no maximum ({stats.pool_class}, max_overflow {stats.max_overflow}): "
+            f"enough callers at once take all {available} server connections"
+        )
+    elif share is not None and share > 1:
         warning = (
             f"the pool may open {stats.max_connections} connections but the server accepts "
             f"only {available}"
@@ -178,10 +190,12 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     pool, stats = view.pool, view.pool_stats
     verdicts = []
 
-    pools = view.app.pools_observed
+    # Declared replicas are fine: one engine per database role, not one per process.
+    pools, declared = view.app.pools_observed, max(1, view.app.pools_declared)
     verdicts.append(
-        RuleVerdict("One engine per app", "ok" if pools <= 1 else "warn",
-                    f"{pools} connection pool(s) seen in this process")
+        RuleVerdict("One engine per app", "ok" if pools <= declared else "warn",
+                    f"{pools} connection pool(s) seen in this process"
+                    + (f", {declared} declared to the monitor" if declared > 1 else ""))
     )  # fmt: skip
 
     now, window = pool.taken_at, view.verdict_window_s
@@ -279,6 +293,8 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     problems = []
     if view.capacity.pool_share_ratio is not None and view.capacity.pool_share_ratio > 1:
         problems.append(view.capacity.warning or "pool larger than the server allows")
+    if stats.unbounded:
+        problems.append(f"no maximum ({stats.pool_class}, max_overflow {stats.max_overflow})")
     if not stats.pre_ping:
         problems.append("pool_pre_ping off")
     if stats.recycle_s is None:

@@ -15,12 +15,14 @@ from monitor.state.view import MonitorView
 from monitor.web import views
 from monitor.web.auth import authorize
 from monitor.web.history import GaugeHistory
+from monitor.web.install import METRICS_PATH_ATTR
 from monitor.web.render_context import RenderContext
 from monitor.web.templating import asset_dir, get_templates
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/monitor", tags=["monitor"])
+# Tags come with `include_router` (install.py): the host app chooses them.
+router = APIRouter(prefix="/monitor")
 
 HTMX_VERSION = "2.0.11"
 HTMX_CDN = f"https://cdn.jsdelivr.net/npm/htmx.org@{HTMX_VERSION}/dist/htmx.min.js"
@@ -61,18 +63,19 @@ def mount_static(app: FastAPI) -> None:
 # ---- rendering -------------------------------------------------------------------------------
 
 
-def _history(app: Any) -> GaugeHistory:
+def _history(app: Any, pool_name: str) -> GaugeHistory:
+    """The gauge history of one pool (each pool keeps its own)."""
     with _history_lock:
-        history: GaugeHistory | None = getattr(app.state, HISTORY_ATTR, None)
-        if history is None:
-            history = GaugeHistory()
-            setattr(app.state, HISTORY_ATTR, history)
-        return history
+        histories: dict[str, GaugeHistory] | None = getattr(app.state, HISTORY_ATTR, None)
+        if histories is None:
+            histories = {}
+            setattr(app.state, HISTORY_ATTR, histories)
+        return histories.setdefault(pool_name, GaugeHistory())
 
 
 def _context(request: Request, view: MonitorView) -> RenderContext:
     """Record this render's gauges (at most once a second) and return what builders need."""
-    history = _history(request.app)
+    history = _history(request.app, view.pool.pool_name)
     stats = view.pool_stats
     history.record(
         used=stats.checked_out,
@@ -92,7 +95,14 @@ def _context(request: Request, view: MonitorView) -> RenderContext:
 def _page_globals(request: Request) -> dict[str, Any]:
     root = request.scope.get("root_path", "")
     base = root + "/monitor"
+    monitor = getattr(request.app.state, "pool_monitor", None)
+    pools = [p.name for p in getattr(monitor, "pools", ())]
+    selected = request.query_params.get("pool")
     return {
+        # The pool switcher: shown with several pools; the poll asks for the pool on show.
+        "pools": pools,
+        "pool": selected if selected in pools else (pools[0] if pools else None),
+        "metrics_path": getattr(request.app.state, METRICS_PATH_ATTR, "/metrics"),
         "root": root,
         "base": base,
         "static": base + "/static",
@@ -112,7 +122,9 @@ def _monitor_view(request: Request) -> tuple[MonitorView | None, str | None]:
     if monitor is None:
         return None, "The monitor is not running in this process (no pool_monitor on the app)."
     try:
-        view: MonitorView = monitor.view()
+        view: MonitorView = monitor.view(pool=request.query_params.get("pool"))
+    except KeyError:
+        return None, "No pool of that name: pick one of the pools listed above."
     except Exception as exc:
         log.exception("monitor view failed")
         return None, f"The monitor could not read its state ({type(exc).__name__})."

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from monitor.state.records import LeakClass, PoolTimeoutRecord
+from monitor.state.records import LeakClass, PoolStats, PoolTimeoutRecord
 from monitor.state.server import Backend
 from monitor.state.verdicts import RuleVerdict
 from monitor.state.view import HeldConnection, MonitorView
@@ -195,7 +195,7 @@ def build_gauges(view: MonitorView, ctx: RenderContext) -> GaugesPanel:
     window = duration(ctx.shown_window_s)
 
     used_status = "ok"
-    if maximum > 0 and used >= maximum:
+    if not stats.unbounded and maximum > 0 and used >= maximum:
         used_status = "fail"
     elif used > stats.size:
         used_status = "warn"
@@ -224,10 +224,12 @@ def build_gauges(view: MonitorView, ctx: RenderContext) -> GaugesPanel:
         GaugeTile(
             "In use",
             str(used),
-            f"of {maximum} (pool_size {stats.size} + max_overflow {stats.max_overflow})",
+            _no_maximum(stats)
+            if stats.unbounded
+            else f"of {maximum} (pool_size {stats.size} + max_overflow {stats.max_overflow})",
             used_status,
             _series(ctx, lambda s: s.used, f"connections in use, last {window}"),
-            fill_pct=_pct(used, maximum),
+            fill_pct=None if stats.unbounded else _pct(used, maximum),
         ),
         GaugeTile(
             "Idle",
@@ -239,14 +241,16 @@ def build_gauges(view: MonitorView, ctx: RenderContext) -> GaugesPanel:
         GaugeTile(
             "Overflow",
             str(stats.overflow),
-            f"beyond pool_size, at most {stats.max_overflow}",
+            "beyond pool_size, no limit"
+            if stats.unbounded
+            else f"beyond pool_size, at most {stats.max_overflow}",
             "warn" if stats.overflow > 0 else "ok",
             _series(ctx, lambda s: s.overflow, f"overflow connections, last {window}"),
             fill_pct=_pct(stats.overflow, stats.max_overflow),
         ),
         GaugeTile(
             "Max",
-            str(maximum),
+            "none" if stats.unbounded else str(maximum),
             f"the pool's worst case ({stats.pool_class})",
             "ok",
             None,
@@ -282,6 +286,11 @@ def build_gauges(view: MonitorView, ctx: RenderContext) -> GaugesPanel:
         Fact("listener errors", str(counters.listener_errors)),
     )
     return GaugesPanel(tiles, settings, facts, window, freshness(view, server=False))
+
+
+def _no_maximum(stats: PoolStats) -> str:
+    why = "max_overflow -1" if stats.max_overflow < 0 else stats.pool_class
+    return f"no maximum: {why} opens one for every caller"
 
 
 def _pct(part: int, whole: int) -> int | None:
@@ -478,7 +487,12 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
     if not total:
         summary = "Nothing checked out right now."
     else:
-        summary = f"{total} of {view.pool_stats.max_connections} connection(s) checked out"
+        stats = view.pool_stats
+        summary = (
+            f"{total} connection(s) checked out ({_no_maximum(stats)})"
+            if stats.unbounded
+            else f"{total} of {stats.max_connections} connection(s) checked out"
+        )
         if suspects:
             summary += f"; {suspects} of them under suspected leaks, above"
     note = (
