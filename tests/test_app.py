@@ -15,7 +15,8 @@ def test_healthz_and_readyz(client: TestClient) -> None:
 
 
 def test_unknown_host_header_is_refused(client: TestClient) -> None:
-    response = client.get("/healthz", headers={"host": "evil.example"})
+    # /healthz, /readyz and /metrics answer any Host (probes and scrapes by pod IP).
+    response = client.get("/products", headers={"host": "evil.example"})
     assert response.status_code == 400
 
 

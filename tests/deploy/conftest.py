@@ -42,6 +42,8 @@ POOL_METRICS = frozenset(
         "sqlalchemy_slow_queries_total",
         "sqlalchemy_pool_multi_connection_requests_total",
         "sqlalchemy_pool_accounting_drift",
+        "sqlalchemy_pool_long_held_connections",
+        "sqlalchemy_pool_long_holds_total",
         "pool_monitor_listener_errors_total",
         "pool_monitor_orphan_sessions",
         "pool_monitor_phantom_connections",
