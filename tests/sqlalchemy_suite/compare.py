@@ -46,7 +46,9 @@ class Run:
 
 def backends() -> dict[str, str | None]:
     """Backend name -> --dburi (None: SQLAlchemy's default, in-memory sqlite)."""
-    pg = make_url(os.environ.get("SQLA_SUITE_PG_URL") or os.environ.get("DATABASE_URL") or DEFAULT_PG)
+    pg = make_url(
+        os.environ.get("SQLA_SUITE_PG_URL") or os.environ.get("DATABASE_URL") or DEFAULT_PG
+    )
     return {
         "sqlite": None,
         "psycopg2": pg.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False),
@@ -63,8 +65,19 @@ def suite_sources(python: str = sys.executable) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     # --no-binary for SQLAlchemy alone: its build dependencies (Cython) still come as wheels.
     subprocess.run(
-        [python, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "sqlalchemy",
-         f"sqlalchemy=={release}", "-d", str(CACHE)],
+        [
+            python,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            "sqlalchemy",
+            f"sqlalchemy=={release}",
+            "-d",
+            str(CACHE),
+        ],
         check=True,
     )
     archive = next(CACHE.glob(f"[sS][qQ][lL][aA]lchemy-{release}.tar.gz"))
@@ -74,14 +87,31 @@ def suite_sources(python: str = sys.executable) -> Path:
 
 
 def run_suite(
-    tree: Path, dburi: str | None, files: list[str], *, monitored: bool, label: str,
-    keyword: str | None = None, python: str = sys.executable,
+    tree: Path,
+    dburi: str | None,
+    files: list[str],
+    *,
+    monitored: bool,
+    label: str,
+    keyword: str | None = None,
+    python: str = sys.executable,
 ) -> Run:
     report = CACHE / f"{label}-{'monitored' if monitored else 'bare'}.xml"
     log = report.with_suffix(".log")
     # -s: no user site, so SQLAlchemy's conftest runs the installed package, not the sdist's lib/
-    command = [python, "-s", "-m", "pytest", *files, "-p", "no:cacheprovider", "-q",
-               "--tb=short", "--maxfail=100000", f"--junitxml={report}"]
+    command = [
+        python,
+        "-s",
+        "-m",
+        "pytest",
+        *files,
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--tb=short",
+        "--maxfail=100000",
+        f"--junitxml={report}",
+    ]
     if dburi is not None:
         command.append(f"--dburi={dburi}")
     if keyword:
@@ -93,7 +123,8 @@ def run_suite(
     with log.open("w") as output:
         done = subprocess.run(command, cwd=tree, env=env, stdout=output, stderr=subprocess.STDOUT)
     summary = tuple(
-        line for line in log.read_text(errors="replace").splitlines()
+        line
+        for line in log.read_text(errors="replace").splitlines()
         if line.startswith(("pool-monitor ", "  pool-monitor"))
     )
     return Run(_outcomes(report), summary, done.returncode)
