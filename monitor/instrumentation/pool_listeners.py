@@ -84,7 +84,9 @@ class PoolListeners:
         if self._is_async:
             listeners.append(("reset", self._on_reset))
         for name, listener in listeners:
-            event.listen(engine, name, listener)
+            # asyncio=False: a listener of ours never turns the event's first-run mutex into an
+            # asyncio lock; the dialect's own listeners decide that, as without the monitor.
+            event.listen(engine, name, listener, asyncio=False)
             self._registered.append((name, listener))
         self._wrap_pool(engine.pool)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from monitor.instrumentation.statements import EXECUTE_METHODS
 from monitor.pool_monitor import PoolMonitor
@@ -139,6 +140,19 @@ def test_a_mock_dbapi_connection_is_never_touched() -> None:
         pool.connect().close()
         assert connection.mock_calls == [mock.call.rollback(), mock.call.rollback()]
         assert monitor.pool_snapshot().counters.connects == 1
+    finally:
+        monitor.detach()
+        pool.dispose()
+
+
+def test_listeners_leave_an_async_pool_usable_outside_the_event_loop() -> None:
+    """Without the monitor, an async pool with no `connect` listener of its own connects from
+    plain sync code (SQLAlchemy's pool tests do); the monitor's listeners keep that so."""
+    pool = AsyncAdaptedQueuePool(lambda: sqlite3.connect(":memory:"), pool_size=1)
+    monitor = PoolMonitor(Engine(pool, DefaultDialect(), make_url("sqlite://")), probe=False)
+    try:
+        pool.connect().close()
+        assert monitor.pool_snapshot().counters.checkouts == 1
     finally:
         monitor.detach()
         pool.dispose()
