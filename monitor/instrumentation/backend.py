@@ -1,4 +1,4 @@
-"""Backend pid of a DBAPI connection without a round trip, across the common PostgreSQL drivers.
+"""Backend pid and socket address of a DBAPI connection without a round trip (PostgreSQL drivers).
 
 Only what the connection's class declares is read: an object that makes up attributes on
 demand (a mock DBAPI in a test suite) or a driver without a pid is left untouched.
@@ -6,6 +6,7 @@ demand (a mock DBAPI in a test suite) or a driver without a pid is left untouche
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 
@@ -32,3 +33,30 @@ def _pid_of_info(info: Any) -> int | None:
 
 def _pid(value: object) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
+
+
+def socket_address(dbapi_connection: Any) -> tuple[str, int] | None:
+    """The app's end (address, port) of a TCP connection's socket, without a round trip; None
+    for Unix sockets. A pooler lists its clients by this address (PgBouncer's SHOW CLIENTS)."""
+    connection_type = type(dbapi_connection)
+    if hasattr(connection_type, "driver_connection"):  # SQLAlchemy's async adapters
+        driver = dbapi_connection.driver_connection
+        if not hasattr(type(driver), "_transport"):  # asyncpg
+            return None
+        transport = driver._transport
+        return _inet(transport.get_extra_info("sockname")) if transport is not None else None
+    if not hasattr(connection_type, "fileno"):  # psycopg2, psycopg 3
+        return None
+    sock = socket.socket(fileno=dbapi_connection.fileno())
+    try:
+        return (
+            _inet(sock.getsockname()) if sock.family in (socket.AF_INET, socket.AF_INET6) else None
+        )
+    finally:
+        sock.detach()  # the descriptor stays the driver's
+
+
+def _inet(address: Any) -> tuple[str, int] | None:
+    if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
+        return str(address[0]), address[1]
+    return None

@@ -29,7 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
-from monitor.instrumentation.backend import backend_pid
+from monitor.instrumentation.backend import backend_pid, socket_address
 from monitor.instrumentation.guard import FailureGuard
 from monitor.state.holders import current_request
 from monitor.state.sites import SiteCapture
@@ -144,7 +144,12 @@ class PoolListeners:
             except BaseException as error:
                 try:
                     timed_out = isinstance(error, sa_exc.TimeoutError)
-                    tracker.wait_failed(clock() - started, timed_out=timed_out)
+                    tracker.wait_failed(
+                        clock() - started,
+                        timed_out=timed_out,
+                        request=request_in_flight(),
+                        site=capture() if timed_out else (),
+                    )
                 except Exception:
                     guard.failed("wait")  # the app gets its own error, never ours
                 raise
@@ -200,9 +205,15 @@ class PoolListeners:
         `connect` event was seen for it (connected before the monitor attached)."""
         books = self._books(record)
         slot = books.slot
-        if not books.connect_counted and record.dbapi_connection is not None:
+        dbapi_connection = record.dbapi_connection
+        if not books.connect_counted and dbapi_connection is not None:
             books.connect_counted = True
-            self._tracker.connected(slot, backend_pid(record.dbapi_connection), None)
+            self._tracker.connected(
+                slot,
+                backend_pid(dbapi_connection),
+                None,
+                address=socket_address(dbapi_connection),
+            )
         tracker = self._tracker
         guard = self._guard
         # Weak references only: a closure holding the record would make a reference cycle
@@ -249,7 +260,12 @@ class PoolListeners:
             started, books.connecting_since = books.connecting_since, None
             create_s = self._tracker.clock() - started if started is not None else None
             books.connect_counted = True  # before the pid read: a failing read counts once too
-            self._tracker.connected(books.slot, backend_pid(dbapi_connection), create_s)
+            self._tracker.connected(
+                books.slot,
+                backend_pid(dbapi_connection),
+                create_s,
+                address=socket_address(dbapi_connection),
+            )
         except Exception:
             self._guard.failed("connect")
 

@@ -13,6 +13,7 @@ from monitor.state.server import (
     blocked_sessions,
     sessions_by_state,
 )
+from monitor.state.session_cap import SESSION_LIST_CAP, CappedSessions, cap_sessions
 from monitor.state.view import MonitorView
 from monitor.web.formatting import (
     NOTHING,
@@ -59,6 +60,7 @@ class ServerPanel:
     by_application: tuple[CountRow, ...]
     capacity: CapacityView
     settings: tuple[Fact, ...]
+    fresh: str = ""
 
 
 def _capacity(view: MonitorView) -> CapacityView:
@@ -123,6 +125,12 @@ def build_server(view: MonitorView, ctx: RenderContext) -> ServerPanel:
         CountRow(name, sum(states.values()), ", ".join(f"{n} {s}" for s, n in states.items()))
         for name, states in sorted(apps.items(), key=lambda item: -sum(item[1].values()))
     )
+    if len(by_application) > SESSION_LIST_CAP:  # one row per name: bounded like the lists
+        rest = by_application[SESSION_LIST_CAP - 1 :]
+        by_application = (
+            *by_application[: SESSION_LIST_CAP - 1],
+            CountRow(f"({len(rest)} other applications)", sum(r.count for r in rest), ""),
+        )
     s = sample.settings
     settings = (
         Fact("server", f"PostgreSQL {s.server_version}"),
@@ -133,7 +141,10 @@ def build_server(view: MonitorView, ctx: RenderContext) -> ServerPanel:
         Fact("idle_session_timeout", _timeout(s.idle_session_timeout_s)),
         Fact("transaction_timeout", _timeout(s.transaction_timeout_s)),
     )  # fmt: skip
-    return ServerPanel(True, stale, sample.database, by_state, by_application, capacity, settings)
+    return ServerPanel(
+        True, stale, sample.database, by_state, by_application, capacity, settings,
+        _server_fresh(view),
+    )  # fmt: skip
 
 
 def _timeout(seconds: float | None) -> str:
@@ -161,6 +172,12 @@ class BlockingPanel:
     available: bool
     blocked: tuple[SessionRow, ...]
     blocking: tuple[SessionRow, ...]
+    fresh: str = ""
+    omitted: str | None = None  # the cap, stated, when sessions were left out
+
+    @property
+    def calm(self) -> bool:
+        return self.available and not self.blocked and not self.blocking
 
 
 def _owners(view: MonitorView) -> dict[int, str]:
@@ -190,7 +207,8 @@ def build_blocking(view: MonitorView, ctx: RenderContext) -> BlockingPanel:
     if sample is None:
         return BlockingPanel(False, (), ())
     owners = _owners(view)
-    blocked = blocked_sessions(sample)
+    capped = cap_sessions(blocked_sessions(sample))
+    blocked = list(capped.shown)
     blocker_pids = sorted({pid for backend in blocked for pid in backend.blocked_by})
     by_pid = {backend.pid: backend for backend in sample.backends}
     blocking = []
@@ -206,7 +224,19 @@ def build_blocking(view: MonitorView, ctx: RenderContext) -> BlockingPanel:
     return BlockingPanel(
         True,
         tuple(_session_row(b, owners, b.state_age_s) for b in blocked),
-        tuple(blocking),
+        tuple(blocking[:SESSION_LIST_CAP]),
+        _server_fresh(view),
+        _omitted_note(capped, "waiting sessions"),
+    )
+
+
+def _omitted_note(capped: CappedSessions, what: str) -> str | None:
+    if not capped.omitted:
+        return None
+    states = ", ".join(f"{count} {state}" for state, count in capped.omitted_by_state)
+    return (
+        f"{len(capped.shown)} of {capped.total} {what} listed (at most {capped.cap}); "
+        f"not listed: {states}"
     )
 
 
@@ -222,20 +252,31 @@ class PhantomRow:
     route: str
 
 
+MAX_ORPHAN_ROWS = 10
+
+
 @dataclass(frozen=True, slots=True)
 class OrphansPanel:
     available: bool
     orphans: tuple[SessionRow, ...]
     phantoms: tuple[PhantomRow, ...]
+    orphans_hidden: int = 0  # beyond MAX_ORPHAN_ROWS: counted, not listed
+    fresh: str = ""
+
+    @property
+    def calm(self) -> bool:
+        return self.available and not self.orphans and not self.phantoms
 
 
 def build_orphans(view: MonitorView, ctx: RenderContext) -> OrphansPanel:
     if not view.server.up:
         return OrphansPanel(False, (), ())
     now = view.pool.taken_at
+    # The oldest first: a forgotten connection outlives the churn around it.
+    orphans = sorted(view.orphans, key=lambda b: -(b.backend_age_s or 0.0))
     return OrphansPanel(
         True,
-        tuple(_session_row(b, {}, b.backend_age_s) for b in view.orphans),
+        tuple(_session_row(b, {}, b.backend_age_s) for b in orphans[:MAX_ORPHAN_ROWS]),
         tuple(
             PhantomRow(
                 slot=c.slot_id,
@@ -244,6 +285,15 @@ def build_orphans(view: MonitorView, ctx: RenderContext) -> OrphansPanel:
                 checked_out="yes" if c.checked_out else "no",
                 route=holder_label(c.holder),
             )
-            for c in view.phantoms
+            for c in view.phantoms[:SESSION_LIST_CAP]
         ),
+        max(0, len(orphans) - MAX_ORPHAN_ROWS),
+        _server_fresh(view),
     )
+
+
+def _server_fresh(view: MonitorView) -> str:
+    sample = view.server.last_sample
+    if sample is None:
+        return "no server sample yet"
+    return f"server data {duration(max(0.0, view.pool.taken_at - sample.taken_at))} old"

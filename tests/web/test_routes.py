@@ -50,23 +50,25 @@ def test_dashboard_and_partials_show_a_held_connection(client: TestClient) -> No
             data = client.get("/monitor/api/snapshot").json()
             return any(h["server"] for h in data["held"]) and bool(data["pool"]["leaks"])
 
-        assert wait_for(joined_and_leaked, 8, 0.1), "the probe never joined the held connection"
+        assert wait_for(joined_and_leaked, 30, 0.1), "the probe never joined the held connection"
         page = client.get("/monitor/")
         assert page.status_code == 200
         assert page.headers["cache-control"] == "no-store"
         html = page.text
         # The first render is complete without JavaScript: the data is in the page itself.
-        assert f'<td class="num r">{pid}</td>' in html
+        assert f'data-label="pid">{pid}</td>' in html
         assert "idle in transaction" in html and "test_routes.py:" in html
 
+        # Held past the threshold: listed once, as a suspected leak, not again among the held.
         held = client.get("/monitor/partials/held")
-        assert held.status_code == 200 and f">{pid}<" in held.text
-        assert "MainThread (no request)" in held.text
+        assert held.status_code == 200 and f">{pid}<" not in held.text
+        assert "1 of them under suspected leaks" in held.text
         leaks = client.get("/monitor/partials/leaks")
         assert 'id="leaks-current"' in leaks.text and "idle in transaction" in leaks.text
+        assert f">{pid}<" in leaks.text and "MainThread (no request)" in leaks.text
         assert "pool-monitor-app" in client.get("/monitor/partials/server").text
         combined = _oob_parts(client.get("/monitor/partials").text)
-        assert f">{pid}<" in combined[poll_target("held")]
+        assert f">{pid}<" in combined[poll_target("leaks")]
         assert "idle in transaction" in combined[poll_target("leaks")]
         for url in PARTIALS:
             response = client.get(url)
@@ -111,7 +113,8 @@ def test_vendored_htmx_matches_the_integrity_attribute(client: TestClient) -> No
     html = client.get("/monitor/").text
     match = re.search(
         r'<script src="https://cdn\.jsdelivr\.net/npm/htmx\.org@2\.0\.11/dist/htmx\.min\.js" '
-        r'integrity="(sha384-[A-Za-z0-9+/=]+)" crossorigin="anonymous"></script>',
+        r'integrity="(sha384-[A-Za-z0-9+/=]+)" crossorigin="anonymous" async id="htmx-cdn">'
+        r"</script>",
         html,
     )
     assert match is not None, "the CDN script tag with integrity and crossorigin is missing"
@@ -119,11 +122,15 @@ def test_vendored_htmx_matches_the_integrity_attribute(client: TestClient) -> No
     assert served.status_code == 200 and served.content == VENDORED.read_bytes()
     digest = base64.b64encode(hashlib.sha384(served.content).digest()).decode()
     assert match.group(1) == f"sha384-{digest}" == HTMX_SRI
-    # The fallback loads the same file when window.htmx is missing (CDN blocked or offline).
-    assert (
-        'window.htmx || document.write(\'<script src="\' + "/monitor/static/vendor/htmx-2.0.11.min.js"'
-        in html
-    )
+    # No inline script: dashboard.js (deferred, same origin) loads the same file when the CDN
+    # has not delivered; neither script blocks rendering.
+    assert '<script src="/monitor/static/dashboard.js" defer' in html
+    assert 'data-htmx-local="/monitor/static/vendor/htmx-2.0.11.min.js"' in html
+    assert re.search(r"<script>|<script [^>]*>[^<]", html) is None, "an inline script"
+    assert "loadVendoredHtmx" in client.get("/monitor/static/dashboard.js").text
+    favicon = client.get("/monitor/static/favicon.svg")
+    assert favicon.status_code == 200 and favicon.text.startswith("<svg")
+    assert 'rel="icon" href="/monitor/static/favicon.svg"' in html
     assert "Zero-Clause BSD" in (ROOT / "static" / "vendor" / "htmx.LICENSE").read_text()
     assert client.get("/monitor/static/app.css").status_code == 200
 
@@ -186,14 +193,16 @@ def test_token_required_when_configured(token_client: TestClient, url: str) -> N
     assert allowed.status_code == 200
 
 
-def test_token_query_parameter_trades_for_a_cookie(token_client: TestClient) -> None:
-    response = token_client.get(
-        "/monitor/", params={"token": TOKEN, "view": "x"}, follow_redirects=False
-    )
+def test_login_form_trades_the_token_for_a_cookie(token_client: TestClient) -> None:
+    # The token travels in a POST body: never in a URL, so never in an access log.
+    wrong = token_client.post("/monitor/login", data={"token": "wrong"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "not the right one" in wrong.text
+    assert "set-cookie" not in wrong.headers
+    response = token_client.post("/monitor/login", data={"token": TOKEN}, follow_redirects=False)
     assert response.status_code == 303
-    assert response.headers["location"] == "/monitor/?view=x"
+    assert response.headers["location"] == "/monitor/"
     cookie = response.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/monitor" in cookie
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/;" in cookie
     assert TOKEN not in cookie, "the cookie holds a digest, not the token itself"
     # The client keeps the cookie: the dashboard and its partials now answer without a header.
     assert token_client.get("/monitor/").status_code == 200
@@ -203,6 +212,19 @@ def test_token_query_parameter_trades_for_a_cookie(token_client: TestClient) -> 
     assert token_client.get("/monitor/partials/held").status_code == 401
     # Static assets hold no data and stay public.
     assert token_client.get("/monitor/static/app.css").status_code == 200
+
+
+def test_a_token_in_the_url_is_not_a_way_in(token_client: TestClient) -> None:
+    response = token_client.get("/monitor/", params={"token": TOKEN}, follow_redirects=False)
+    assert response.status_code == 401
+    assert "set-cookie" not in response.headers
+
+
+def test_a_browser_without_the_token_gets_the_login_form(token_client: TestClient) -> None:
+    page = token_client.get("/monitor/", headers={"Accept": "text/html"})
+    assert page.status_code == 401
+    assert '<form method="post" action="/monitor/login">' in page.text
+    assert 'name="token"' in page.text and TOKEN not in page.text
 
 
 def test_a_failing_panel_still_answers_200(
