@@ -32,7 +32,8 @@ def _pid_of_info(info: Any) -> int | None:
 
 
 def _pid(value: object) -> int | None:
-    return value if isinstance(value, int) and value > 0 else None
+    # Any non-zero int: a pooler (PgBouncer) hands out its own, possibly negative, key as the pid.
+    return value if isinstance(value, int) and not isinstance(value, bool) and value != 0 else None
 
 
 def socket_address(dbapi_connection: Any) -> tuple[str, int] | None:
