@@ -45,5 +45,12 @@ bench: $(STAMP)
 	if command -v valgrind >/dev/null; then $(BIN)/python bench/overhead_parts.py; \
 	else echo "bench/overhead_parts.py skipped: no valgrind"; fi
 
+# SQLAlchemy's own tests (pool, reconnect, execute, transaction, asyncio) without and with a
+# monitor on every engine, on sqlite, psycopg2 and asyncpg; prints counts and any difference.
+# Slow (15-30 minutes), so not part of `make test`. SQLA_SUITE_ARGS="--backend sqlite" narrows it.
+.PHONY: sqla-suite
+sqla-suite: $(STAMP)
+	$(BIN)/python -m tests.sqlalchemy_suite.compare $(SQLA_SUITE_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

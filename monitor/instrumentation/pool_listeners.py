@@ -8,8 +8,12 @@ Checkout and checkin happen on every request, and SQLAlchemy's event dispatch al
   weak reference to the checkout's proxy: dead means the garbage collector returned it;
 - the pool's `_invoke_creator` (the DBAPI connect, for a new slot or a reconnect of an old one)
   is wrapped to note when connecting started; the `connect` listener times the creation from it;
+- the pool's `recreate` (what `Engine.dispose()` calls, from any copy of the engine) is wrapped
+  so that the pool it returns is wrapped too;
 - connect, invalidate, soft_invalidate, close, detach and close_detached stay listeners.
-Everything is reversible (`detach()`), and nothing here ever raises into the application.
+The monitor's state of a record lives in an attribute of its own on the record, never in
+`record_info` (the user's dict). Everything is reversible (`detach()`), and nothing here ever
+raises into the application.
 """
 
 from __future__ import annotations
@@ -31,12 +35,25 @@ from monitor.state.holders import current_request
 from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker, Slot
 
-SLOT_KEY = "pool_monitor.slot"  # in record_info, for the rare events
 SLOT_ATTR = "_pool_monitor_slot"  # on the record once adopted; the checkout path reads it by name
-# Set by the async-only reset listener when the garbage collector is cleaning a connection up.
-GC_KEY = "pool_monitor.gc"
-# When the record's DBAPI connect started (tracker clock), until the `connect` listener reads it.
-CONNECTING_KEY = "pool_monitor.connecting_since"
+BOOKS_ATTR = "_pool_monitor_books"  # on the record from the monitor's first sight of it
+
+
+class RecordBooks:
+    """What the monitor keeps about one connection record, beside SQLAlchemy's own state."""
+
+    __slots__ = ("connect_counted", "connecting_since", "gc_pending", "slot")
+
+    def __init__(self, slot: Slot) -> None:
+        self.slot = slot
+        # The current connection's connect reached the tracker (its pid was read, if it could).
+        self.connect_counted = False
+        # When the record's DBAPI connect started (tracker clock), until `connect` reads it.
+        self.connecting_since: float | None = None
+        # Set by the async-only reset listener when the garbage collector is cleaning up.
+        self.gc_pending = False
+
+
 # On a new record while it connects for a checkout: the pool counts it as checked out already.
 CONNECTING_ATTR = "_pool_monitor_connecting"
 
@@ -58,6 +75,8 @@ class PoolListeners:
 
     def attach(self, engine: Engine) -> None:
         self._engine = engine
+        # `async_engine.sync_engine` passed as a plain Engine is still an async pool.
+        self._is_async = self._is_async or bool(getattr(engine.dialect, "is_async", False))
         listeners: list[tuple[str, Callable[..., None]]] = [
             ("connect", self._on_connect),
             ("invalidate", self._on_invalidate),
@@ -69,10 +88,11 @@ class PoolListeners:
         if self._is_async:
             listeners.append(("reset", self._on_reset))
         for name, listener in listeners:
-            event.listen(engine, name, listener)
+            # asyncio=False: a listener of ours never turns the event's first-run mutex into an
+            # asyncio lock; the dialect's own listeners decide that, as without the monitor.
+            event.listen(engine, name, listener, asyncio=False)
             self._registered.append((name, listener))
         self._wrap_pool(engine.pool)
-        self._wrap_dispose(engine)
 
     def detach(self) -> None:
         if self._engine is None:
@@ -80,18 +100,17 @@ class PoolListeners:
         for name, listener in self._registered:
             event.remove(self._engine, name, listener)
         self._registered.clear()
-        self._engine.__dict__.pop("dispose", None)
         for pool in list(self._wrapped_pools):
             pool.__dict__.pop("_do_get", None)
+            pool.__dict__.pop("recreate", None)
             # `_invoke_creator` is SQLAlchemy's own instance attribute: put the original back.
             original = getattr(pool.__dict__.get("_invoke_creator"), "__wrapped__", None)
             if original is not None:
                 pool._invoke_creator = original
         for record in list(self._wrapped_records):
-            for name in ("checkin", SLOT_ATTR):
-                record.__dict__.pop(name, None)
             # A later monitor starts the record on fresh books.
-            record.record_info.pop(SLOT_KEY, None)
+            for name in ("checkin", SLOT_ATTR, BOOKS_ATTR):
+                record.__dict__.pop(name, None)
         self._wrapped_pools = weakref.WeakSet()
         self._wrapped_records = weakref.WeakSet()
         self._engine = None
@@ -116,6 +135,9 @@ class PoolListeners:
         # `tuple()` is the empty site, made in C
         capture = self._capture.capture if self._capture is not None else tuple
         guard = self._guard
+        books_of = self._books
+        wrap_pool = self._wrap_pool
+        recreate = pool.recreate
         connecting = tracker.connecting
 
         # Every line here runs on every checkout: one frame, names bound in the closure.
@@ -167,9 +189,7 @@ class PoolListeners:
         def _invoke_creator(rec: ConnectionPoolEntry) -> DBAPIConnection:
             counted = False
             try:
-                info = rec.record_info
-                if info is not None:
-                    info[CONNECTING_KEY] = clock()
+                books_of(rec).connecting_since = clock()
                 # A record never checked out through us is new: the pool counts it as checked
                 # out from before its connect (overflow taken), so the monitor does too.
                 if SLOT_ATTR not in vars(rec):
@@ -184,17 +204,31 @@ class PoolListeners:
                     connecting.pop()
                 raise
 
+        # `Engine.dispose()` replaces the pool with this one's `recreate()`: on the engine, on an
+        # `execution_options()` engine or a copy of it sharing the pool. Wrapping here, not the
+        # engine's `dispose`, leaves each engine disposing its own pool.
+        def _recreate() -> Pool:
+            new_pool = recreate()
+            try:
+                wrap_pool(new_pool)
+            except Exception:
+                guard.failed("dispose")
+            return new_pool
+
         _invoke_creator.__wrapped__ = invoke_creator  # type: ignore[attr-defined]
         pool._do_get = _do_get  # type: ignore[method-assign]
         pool._invoke_creator = _invoke_creator
+        pool.recreate = _recreate  # type: ignore[method-assign]
         self._wrapped_pools.add(pool)
 
     def _adopt(self, record: Any) -> Slot:
-        """First sight of a record: give it a slot and wrap its `checkin`."""
-        slot = self._slot(record)
-        if slot.pid is None and record.dbapi_connection is not None:
-            # connected before the monitor attached: no `connect` event was seen for it
-            dbapi_connection = record.dbapi_connection
+        """First checkout of a record: wrap its `checkin`, and count its connection if no
+        `connect` event was seen for it (connected before the monitor attached)."""
+        books = self._books(record)
+        slot = books.slot
+        dbapi_connection = record.dbapi_connection
+        if not books.connect_counted and dbapi_connection is not None:
+            books.connect_counted = True
             self._tracker.connected(
                 slot,
                 backend_pid(dbapi_connection),
@@ -239,23 +273,27 @@ class PoolListeners:
 
     # ---- the rare events: listeners ---------------------------------------------------------
 
+    def _books(self, record: Any) -> RecordBooks:
+        books: RecordBooks | None = record.__dict__.get(BOOKS_ATTR)
+        if books is None:
+            books = record.__dict__[BOOKS_ATTR] = RecordBooks(self._tracker.new_slot())
+            self._wrapped_records.add(record)
+        return books
+
     def _slot(self, record: Any) -> Slot:
-        info = record.record_info
-        slot: Slot | None = info.get(SLOT_KEY)
-        if slot is None:
-            slot = info[SLOT_KEY] = self._tracker.new_slot()
-        return slot
+        return self._books(record).slot
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         try:
-            info = record.record_info
-            info.pop(GC_KEY, None)  # a new connection: no cleanup pending for it
+            books = self._books(record)
+            books.gc_pending = False  # a new connection: no cleanup pending for it
             # From the driver's connect to here: the dialect's connect setup (it listens first;
             # on a pool's first connection it queries the server) is part of the creation.
-            started = info.pop(CONNECTING_KEY, None)
+            started, books.connecting_since = books.connecting_since, None
             create_s = self._tracker.clock() - started if started is not None else None
+            books.connect_counted = True  # before the pid read: a failing read counts once too
             self._tracker.connected(
-                self._slot(record),
+                books.slot,
                 backend_pid(dbapi_connection),
                 create_s,
                 address=socket_address(dbapi_connection),
@@ -268,10 +306,9 @@ class PoolListeners:
         # connection: remember it for the `detach` that follows.
         if not reset_state.asyncio_safe:
             try:
-                record.record_info[GC_KEY] = True
-                slot = record.record_info.get(SLOT_KEY)
-                if slot is not None:
-                    self._tracker.reset(slot, terminated=reset_state.terminate_only)
+                books = self._books(record)
+                books.gc_pending = True
+                self._tracker.reset(books.slot, terminated=reset_state.terminate_only)
             except Exception:
                 self._guard.failed("reset")
 
@@ -284,7 +321,7 @@ class PoolListeners:
     def _invalidated(self, record: Any, exception: Any, *, soft: bool) -> None:
         try:
             # A cleanup whose reset failed ends in invalidation, not in the `detach` it marked for.
-            record.record_info.pop(GC_KEY, None)
+            self._books(record).gc_pending = False
             reason = type(exception).__name__ if exception is not None else "explicit"
             self._tracker.invalidated(self._slot(record), soft=soft, reason=reason)
         except Exception:
@@ -298,27 +335,14 @@ class PoolListeners:
 
     def _on_detach(self, dbapi_connection: Any, record: Any) -> None:
         try:
-            reclaimed = bool(record.record_info.pop(GC_KEY, False))
-            self._tracker.detached(self._slot(record), reclaimed=reclaimed)
+            books = self._books(record)
+            reclaimed, books.gc_pending = books.gc_pending, False
+            self._tracker.detached(books.slot, reclaimed=reclaimed)
         except Exception:
             self._guard.failed("detach")
 
     def _on_close_detached(self, dbapi_connection: Any) -> None:
         pass  # the slot already left the books at `detach`
-
-    def _wrap_dispose(self, engine: Engine) -> None:
-        """`dispose()` swaps in a fresh pool: wrap that one too. Not via the `engine_disposed`
-        event: any engine-level listener moves every Connection onto SQLAlchemy's slow path."""
-        dispose = engine.dispose
-
-        def _dispose(close: bool = True) -> None:
-            dispose(close)
-            try:
-                self._wrap_pool(engine.pool)
-            except Exception:
-                self._guard.failed("dispose")
-
-        engine.dispose = _dispose  # type: ignore[method-assign]
 
 
 def _task_or_thread() -> object:

@@ -43,20 +43,21 @@ class StatementListeners:
         failed = self._failed
 
         # Each wrapper runs the dialect's own execute (driver behaviour unchanged) and times it;
-        # the threshold check is inline: it runs on every statement.
+        # the threshold check is inline: it runs on every statement. The wrappers take exactly
+        # the dialect methods' arguments (keywords too), without the cost of *args packing.
         def timed(execute: Callable[..., None]) -> Callable[..., None]:
-            def execute_timed(cursor: Any, statement: str, *parameters_and_context: Any) -> None:
+            def do_execute(
+                cursor: Any, statement: str, parameters: Any, context: Any = None
+            ) -> None:
                 try:
-                    # The execution context (last argument) -> pool proxy -> record -> slot.
-                    slot = parameters_and_context[
-                        -1
-                    ]._dbapi_connection._connection_record._pool_monitor_slot
+                    # The execution context -> pool proxy -> record -> slot.
+                    slot = context._dbapi_connection._connection_record._pool_monitor_slot
                     slot.used_at = IN_USE
                 except Exception:
                     slot = None  # no context (or not a pool connection): timed only
                 started = clock()
                 try:
-                    execute(cursor, statement, *parameters_and_context)
+                    execute(cursor, statement, parameters, context)
                 except Exception:
                     failed()
                     raise
@@ -68,11 +69,35 @@ class StatementListeners:
                     if duration_s >= tracker.slow_query_s:
                         slow(statement, duration_s)
 
-            return execute_timed
+            return do_execute
 
-        for name in EXECUTE_METHODS:
-            # On the instance: shadows the class's method for this engine's dialect only.
-            setattr(dialect, name, timed(getattr(dialect, name)))
+        def timed_no_params(execute: Callable[..., None]) -> Callable[..., None]:
+            def do_execute_no_params(cursor: Any, statement: str, context: Any = None) -> None:
+                try:
+                    slot = context._dbapi_connection._connection_record._pool_monitor_slot
+                    slot.used_at = IN_USE
+                except Exception:
+                    slot = None
+                started = clock()
+                try:
+                    execute(cursor, statement, context)
+                except Exception:
+                    failed()
+                    raise
+                finally:
+                    ended = clock()
+                    if slot is not None:
+                        slot.used_at = ended
+                    duration_s = ended - started
+                    if duration_s >= tracker.slow_query_s:
+                        slow(statement, duration_s)
+
+            return do_execute_no_params
+
+        # On the instance: shadows the class's method for this engine's dialect only.
+        dialect.do_execute = timed(dialect.do_execute)
+        dialect.do_executemany = timed(dialect.do_executemany)
+        dialect.do_execute_no_params = timed_no_params(dialect.do_execute_no_params)
         dialect.execution_ctx_cls = _marking_server_side_cursors(dialect.execution_ctx_cls, clock)
 
     def detach(self) -> None:
