@@ -8,8 +8,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydantic import ValidationError
+
+
+MAX_WORKERS = 64
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
         command.add_argument("--port", type=int, default=8000)
+        command.add_argument(
+            "--workers",
+            type=_bounded(int, 0, MAX_WORKERS),
+            default=1,
+            help="worker processes (default 1); the monitor covers all of them",
+        )
         command.set_defaults(handler=handler)
 
     load = commands.add_parser(
@@ -133,19 +143,65 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
             file=sys.stderr,
         )
         return 2
-    app = create_app(settings)
+    workers = int(getattr(args, "workers", 1))
     base = f"http://{_display_host(args.host)}:{args.port}"
+    if workers > 1:
+        return _run_workers(args, settings, base, workers, overrides)
+    app = create_app(settings)
     print(
         f"pool-monitor: app on {base}/ , dashboard {base}/monitor/ , metrics {base}/metrics",
         flush=True,
     )
     stop_load = _background_load_when_up(base) if settings.demo_background_load else None
     try:
-        # One worker: the monitor's state and probe live in this process.
         uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info")
     finally:
         if stop_load is not None:
             stop_load()
+    return 0
+
+
+def _run_workers(
+    args: argparse.Namespace,
+    settings: Any,
+    base: str,
+    workers: int,
+    overrides: dict[str, bool],
+) -> int:
+    """Several uvicorn workers, each building the app from the environment (the factory)."""
+    import os
+
+    import uvicorn
+
+    from monitor.embedded import EmbeddedPostgres
+
+    embedded = None
+    if not settings.database_url:
+        # One embedded server for all workers, started here: each worker would start its own.
+        embedded = EmbeddedPostgres(settings.embedded_data_dir)
+        os.environ["DATABASE_URL"] = embedded.start().render_as_string(hide_password=False)
+    for name, value in overrides.items():
+        os.environ[f"MONITOR_{name.upper()}"] = "true" if value else "false"
+    print(
+        f"pool-monitor: app on {base}/ ({workers} workers), dashboard {base}/monitor/ , "
+        f"metrics {base}/metrics",
+        flush=True,
+    )
+    stop_load = _background_load_when_up(base) if settings.demo_background_load else None
+    try:
+        uvicorn.run(
+            "monitor.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=workers,
+            log_level="info",
+        )
+    finally:
+        if stop_load is not None:
+            stop_load()
+        if embedded is not None:
+            embedded.close()
     return 0
 
 

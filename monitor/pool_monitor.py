@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sysconfig
@@ -20,6 +21,8 @@ from monitor.instrumentation.pool_listeners import PoolListeners
 from monitor.instrumentation.pool_stats import queue_waiters, read_pool_stats
 from monitor.instrumentation.pools_seen import pools_observed, watch_pools
 from monitor.instrumentation.statements import StatementListeners
+from monitor.process_group import GroupMember, group_directory
+from monitor.state.group import WorkerReport
 from monitor.state.records import PoolSnapshot, PoolStats, to_dict
 from monitor.state.server import ServerHealth, ServerHealthSnapshot
 from monitor.state.sites import SiteCapture
@@ -117,6 +120,8 @@ class PoolMonitor:
         watch_pools(self.engine.pool)
         self._attached = True
         self._background: Any = None
+        # Set while started as one worker of several (uvicorn/gunicorn workers, MONITOR_GROUP_DIR).
+        self.group: GroupMember | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -125,6 +130,12 @@ class PoolMonitor:
         from monitor.background import Background
 
         if self._background is None:
+            directory = group_directory()
+            if directory is not None and self.group is None:
+                try:
+                    self.group = GroupMember(directory, self.pool_name)
+                except OSError as exc:  # an unwritable directory: this worker shows itself only
+                    log.warning("worker group directory %s unusable: %s", directory, exc)
             self._background = Background(self)
             self._background.start()
 
@@ -132,6 +143,12 @@ class PoolMonitor:
         if self._background is not None:
             self._background.stop()
             self._background = None
+        group, self.group = self.group, None
+        if group is not None:
+            try:
+                group.leave()  # its counts stay in the group's totals
+            except OSError as exc:
+                log.warning("could not retire this worker's report: %s", exc)
 
     def detach(self) -> None:
         """Stop background work and remove every listener and wrapper from the engine."""
@@ -171,17 +188,42 @@ class PoolMonitor:
         """Pool and server joined, capacity and rule verdicts: what every reader shows.
         `detail=False` leaves out histories, sites and record lists (enough for metrics)."""
         health = self.server_health.snapshot()
+        group = self.group
+        if group is not None:
+            try:
+                return self._group_view(group, health)
+            except OSError as exc:  # the shared directory failed: this worker's own view
+                log.warning("worker group unreadable, showing this worker only: %s", exc)
         pool = self.tracker.snapshot(_states(health), detail=detail)
+        return build_view(pool, self.pool_stats(), health, self._app_info())
+
+    def publish(self) -> WorkerReport | None:
+        """Write this worker's report for the rest of the group (background, and each read)."""
+        group = self.group
+        if group is None:
+            return None
+        states = self.server_states()
+        return group.publish(lambda: (self.tracker.snapshot(states), self.pool_stats()))
+
+    def _group_view(self, group: GroupMember, health: ServerHealthSnapshot) -> MonitorView:
+        # Published before merging: a counter this read shows is on disk, so it never goes
+        # down for the next reader, even if this worker dies right after answering.
+        states = _states(health)
+        own = group.publish(lambda: (self.tracker.snapshot(states), self.pool_stats()))
+        pool, stats, info = group.combine(own)
+        view = build_view(pool, stats, health, self._app_info())
+        return dataclasses.replace(view, group=info)
+
+    def _app_info(self) -> AppInfo:
         url = self.probe_url  # the full URL: sslmode and socket host live in its query
         host = url.host or ""
-        app = AppInfo(
+        return AppInfo(
             database=mask_url(url),
             url_source=self.url_source,
             host_is_local=host in LOCAL_HOSTS or host.startswith("/") or "host" in url.query,
             sslmode=_sslmode(url.query.get("sslmode")),
             pools_observed=pools_observed(),
         )
-        return build_view(pool, self.pool_stats(), health, app)
 
     def snapshot(self) -> dict[str, Any]:
         """The data of `/monitor/api/snapshot`: plain, JSON-serialisable."""

@@ -258,7 +258,11 @@ class PoolListeners:
             self._guard.failed("detach")
 
     def _on_close_detached(self, dbapi_connection: Any) -> None:
-        pass  # the slot already left the books at `detach`
+        # The slot already left the books at `detach`; only its orphan entry goes now.
+        try:
+            self._tracker.detached_closed(backend_pid(dbapi_connection))
+        except Exception:
+            self._guard.failed("close_detached")
 
     def _wrap_dispose(self, engine: Engine) -> None:
         """`dispose()` swaps in a fresh pool: wrap that one too. Not via the `engine_disposed`

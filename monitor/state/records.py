@@ -43,6 +43,7 @@ class ConnectionView:
     checkouts: int
     leak_class: LeakClass | None
     history: tuple[LifecycleEvent, ...]
+    worker: int | None = None  # pid of the worker process that holds it (several workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class LeakRecord:
     held_for_s: float  # at detection, or until resolution once resolved
     resolved_at: float | None = None
     how_resolved: str | None = None  # returned, gc_reclaimed, invalidated, detached
+    worker: int | None = None  # pid of the worker process (several workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,8 @@ class PoolSnapshot:
     slow_queries: tuple[SlowQueryGroup, ...]  # slowest total first
     multi_connection_requests: tuple[MultiConnectionRequest, ...]
     events: tuple[LifecycleEvent, ...]  # pool-wide notable events, most recent first
+    # Backends of connections this pool detached and has not seen closed: its only true orphans.
+    detached_pids: tuple[int, ...] = ()
 
 
 def to_dict(record: Any) -> Any:

@@ -123,6 +123,9 @@ class PoolTracker:
         self._multi: deque[MultiConnectionRequest] = deque(maxlen=max_records)
         self._events: deque[LifecycleEvent] = deque(maxlen=max_records)
         self._slow: OrderedDict[str, list[Any]] = OrderedDict()
+        # Backend pids of connections detached from the pool and still open (bounded).
+        self._detached_pids: OrderedDict[int, None] = OrderedDict()
+        self._max_records = max_records
 
         self._retired_checkouts = 0
         self._count: dict[str, int] = dict.fromkeys(
@@ -193,10 +196,20 @@ class PoolTracker:
         with self._lock:
             self._count["detaches"] += 1
             self._release(slot, now, "gc_reclaimed" if reclaimed else "detached")
+            if not reclaimed and slot.pid is not None:
+                self._detached_pids[slot.pid] = None
+                if len(self._detached_pids) > self._max_records:
+                    self._detached_pids.popitem(last=False)
             if self._open.pop(slot.id, None) is not None:
                 self._retired_checkouts += slot.checkouts
                 slot.checkouts = 0
             slot.history.append((now, "detach", ""))
+
+    def detached_closed(self, pid: int | None) -> None:
+        """A detached connection was closed: its backend is no orphan of ours any more."""
+        if pid is not None:
+            with self._lock:
+                self._detached_pids.pop(pid, None)
 
     # ---- hot path ---------------------------------------------------------------------------
 
@@ -379,6 +392,7 @@ class PoolTracker:
                 slow_queries=tuple(sorted(slow, key=lambda g: g.total_s, reverse=True)),
                 multi_connection_requests=tuple(self._multi) if detail else (),
                 events=tuple(self._events) if detail else (),
+                detached_pids=tuple(self._detached_pids),
             )
 
     @property

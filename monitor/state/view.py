@@ -8,8 +8,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from monitor.state.group import GroupInfo
 from monitor.state.records import ConnectionView, LeakClass, PoolSnapshot, PoolStats
-from monitor.state.server import Backend, ServerHealthSnapshot, seconds_until_killed
+from monitor.state.server import (
+    CLIENT_BACKEND,
+    Backend,
+    ServerHealthSnapshot,
+    seconds_until_killed,
+)
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "")
 
@@ -59,11 +65,12 @@ class MonitorView:
     server: ServerHealthSnapshot
     app: AppInfo
     held: tuple[HeldConnection, ...]
-    orphans: tuple[Backend, ...]  # server sessions of this application the pool does not know
+    orphans: tuple[Backend, ...]  # sessions the pool opened and detached, still open
     phantoms: tuple[ConnectionView, ...]  # pool connections the server no longer has
     capacity: Capacity
     rules: tuple[RuleVerdict, ...]
     drift: int  # tracker's checked-out count minus the pool's own
+    group: GroupInfo | None = None  # the workers covered, with several worker processes
 
 
 def build_view(
@@ -87,10 +94,13 @@ def build_view(
     orphans: tuple[Backend, ...] = ()
     phantoms: tuple[ConnectionView, ...] = ()
     if sample is not None:
+        # An orphan is a session this pool (of any worker of the group) opened, detached and
+        # never closed: sharing the application_name proves nothing (other workers, other
+        # instances and parallel-query workers share it).
         known = {c.pid for c in pool.connections if c.pid is not None}
-        names = {by_pid[pid].application_name for pid in known if pid in by_pid}
+        ours = set(pool.detached_pids) - known
         orphans = tuple(
-            b for b in sample.backends if b.application_name in names and b.pid not in known
+            b for b in sample.backends if b.pid in ours and b.backend_type in (CLIENT_BACKEND, None)
         )
         phantoms = tuple(
             c

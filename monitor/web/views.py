@@ -73,6 +73,7 @@ class StatusPanel:
     pool: str
     server_version: str
     updated: str
+    workers: str = ""  # with several worker processes: how many, and which one answered
 
 
 def server_banner(view: MonitorView) -> Banner | None:
@@ -116,7 +117,18 @@ def build_status(view: MonitorView, ctx: RenderContext) -> StatusPanel:
         pool=f"{view.pool.pool_name} ({view.pool_stats.pool_class})",
         server_version=f"PostgreSQL {sample.settings.server_version}" if sample else NOTHING,
         updated=clock_time(view.pool.taken_at),
+        workers=_workers_text(view),
     )
+
+
+def _workers_text(view: MonitorView) -> str:
+    group = view.group
+    if group is None:
+        return ""
+    text = f"{len(group.workers)} worker(s), answered by pid {group.answered_by}"
+    if group.stale_workers:
+        text += f", {group.stale_workers} silent"
+    return text
 
 
 # ---- pool gauges -----------------------------------------------------------------------------
@@ -288,6 +300,7 @@ class HeldRow:
     kill: str
     site_summary: str
     site: tuple[SiteFrame, ...]
+    worker: str = ""  # the worker process's pid, with several workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +308,7 @@ class HeldPanel:
     rows: tuple[HeldRow, ...]
     summary: str
     note: str
+    show_worker: bool = False  # several worker processes: a column says whose each one is
 
 
 def _state_when_unknown(view: MonitorView) -> str:
@@ -329,7 +343,7 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
             )
         rows.append(
             HeldRow(
-                key=f"held-{conn.slot_id}-{conn.checkouts}",
+                key=f"held-{conn.worker or 0}-{conn.slot_id}-{conn.checkouts}",
                 slot=conn.slot_id,
                 pid=pid_text(conn.pid),
                 route=holder_label(conn.holder),
@@ -345,6 +359,7 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
                 kill=kill,
                 site_summary=site_summary(site),
                 site=site,
+                worker=pid_text(conn.worker),
             )
         )
     count = len(rows)
@@ -356,7 +371,7 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
     note = (
         f"a connection held longer than {duration(view.pool.leak_threshold_s)} is a suspected leak"
     )
-    return HeldPanel(tuple(rows), summary, note)
+    return HeldPanel(tuple(rows), summary, note, show_worker=view.group is not None)
 
 
 # ---- leaks -----------------------------------------------------------------------------------
