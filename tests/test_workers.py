@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from monitor.background import PROBE_APPLICATION_NAME
+from monitor.metrics import names
 from monitor.selftest import DEMO_HEADERS
 from tests.conftest import url_string
 from tests.servers import answers, free_port, wait_for
@@ -159,12 +160,12 @@ def leak_everywhere(group: Group) -> None:
     """A leak held by one worker is in each of 20 scrapes and 20 snapshots, whoever answers."""
     response = httpx.post(group.base + "/demo/leak?hold_s=60", headers=DEMO_HEADERS, timeout=10)
     assert response.status_code == 200, response.text
-    assert wait_for(lambda: metric(group.scrape(), "sqlalchemy_pool_leaked_connections") >= 1, 20)
+    assert wait_for(lambda: metric(group.scrape(), names.LEAKED_CONNECTIONS) >= 1, 20)
     answered = set()
     for _ in range(20):
         body = group.scrape()
-        assert metric(body, "sqlalchemy_pool_leaked_connections") >= 1, "leak missing in a scrape"
-        assert metric(body, "db_client_connection_count", db_client_connection_state="used") >= 1
+        assert metric(body, names.LEAKED_CONNECTIONS) >= 1, "leak missing in a scrape"
+        assert metric(body, names.CONNECTION_COUNT, **{names.STATE: names.STATE_USED}) >= 1
         data = group.snapshot()
         answered.add(data["group"]["answered_by"])
         assert len(data["pool"]["leaks"]) >= 1, "leak missing in a snapshot"
@@ -179,7 +180,7 @@ def counters_never_go_down(group: Group, kill: bool) -> None:
     checkouts: list[float] = []
     for round_ in range(20):
         httpx.get(group.base + "/products", timeout=10)
-        checkouts.append(metric(group.scrape(), "sqlalchemy_pool_checkouts_total"))
+        checkouts.append(metric(group.scrape(), names.CHECKOUTS_TOTAL))
         if kill and round_ == 8:
             workers = group.wait_all_workers()
             victim = workers[-1]
@@ -245,7 +246,7 @@ def test_no_false_orphans_across_instances_and_parallel_query(
                 for _ in range(10):
                     data = group.snapshot()
                     assert data["orphans"] == [], data["orphans"]
-                    assert metric(group.scrape(), "pool_monitor_orphan_sessions") == 0
+                    assert metric(group.scrape(), names.ORPHAN_SESSIONS) == 0
         finally:
             runner.kill()
             runner.wait(10)
