@@ -12,7 +12,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-
 MAX_WORKERS = 64
 
 

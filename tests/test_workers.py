@@ -196,9 +196,7 @@ def counters_never_go_down(group: Group, kill: bool) -> None:
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
-def test_workers_are_one_monitor(
-    server: str, group_env: dict[str, str], database_url: URL
-) -> None:
+def test_workers_are_one_monitor(server: str, group_env: dict[str, str], database_url: URL) -> None:
     argv = uvicorn_argv if server == "uvicorn" else gunicorn_argv
     with running(argv, group_env) as group:
         workers = group.wait_all_workers()

@@ -231,7 +231,7 @@ def server_families(view: MonitorView) -> Iterator[Metric]:
     pool_label = [view.pool.pool_name]
     yield _gauge(
         names.ORPHAN_SESSIONS,
-        "Server sessions with this pool's application_name that the pool does not know.",
+        "Server sessions the pool opened and detached (any worker of the group), still open.",
         pool_label,
         len(view.orphans),
     )

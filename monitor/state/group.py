@@ -178,7 +178,9 @@ def _add_histograms(a: HistogramSnapshot | None, b: HistogramSnapshot) -> Histog
         return a if a.count >= b.count else b
     return HistogramSnapshot(
         bounds=a.bounds,
-        cumulative_counts=tuple(x + y for x, y in zip(a.cumulative_counts, b.cumulative_counts)),
+        cumulative_counts=tuple(
+            x + y for x, y in zip(a.cumulative_counts, b.cumulative_counts, strict=True)
+        ),
         sum=a.sum + b.sum,
         count=a.count + b.count,
     )
