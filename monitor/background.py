@@ -4,18 +4,22 @@ several, publishing this worker's report; all on one scheduler."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from monitor.instrumentation.pools_seen import ignore_pool
 from monitor.probes.runner import ServerProbe
 from monitor.probes.scheduler import start_scheduler, stop_scheduler
-from monitor.process_group import PUBLISH_INTERVAL_S, ProbeLeadership
+from monitor.process_group import PUBLISH_INTERVAL_S, STALE_AFTER_S, ProbeLeadership
 from monitor.urls import mask_url
 
 if TYPE_CHECKING:
     from monitor.pool_monitor import PoolMonitor
 
 PROBE_APPLICATION_NAME = "pool-monitor-probe"
+
+# At most this share of one core goes to publishing (a report every second for a usual pool).
+PUBLISH_CPU_SHARE = 0.01
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,7 @@ class Background:
         self._leadership: ProbeLeadership | None = None
         self._scheduler: Any = None
         self._publish_failed = False
+        self._publish_not_before = 0.0
 
     def start(self) -> None:
         monitor = self._monitor
@@ -75,6 +80,9 @@ class Background:
         group = self._monitor.group
         if group is None:
             return
+        if time.monotonic() < self._publish_not_before:
+            return
+        started, cpu = time.monotonic(), time.thread_time()
         try:
             self._monitor.publish()
             group.reap()
@@ -84,6 +92,10 @@ class Background:
             self._publish_failed = True
         else:
             self._publish_failed = False
+        finally:
+            # A large pool publishes less often rather than cost more than its share of a core.
+            pause = (time.thread_time() - cpu) / PUBLISH_CPU_SHARE
+            self._publish_not_before = started + min(pause, STALE_AFTER_S / 3)
 
     def _probe_then_sweep(self) -> None:
         assert self._probe is not None

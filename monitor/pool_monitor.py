@@ -134,6 +134,7 @@ class PoolMonitor:
             if directory is not None and self.group is None:
                 try:
                     self.group = GroupMember(directory, self.pool_name)
+                    self.tracker.worker = self.group.pid
                 except OSError as exc:  # an unwritable directory: this worker shows itself only
                     log.warning("worker group directory %s unusable: %s", directory, exc)
             self._background = Background(self)
@@ -144,6 +145,7 @@ class PoolMonitor:
             self._background.stop()
             self._background = None
         group, self.group = self.group, None
+        self.tracker.worker = None
         if group is not None:
             try:
                 group.leave()  # its counts stay in the group's totals
@@ -191,7 +193,7 @@ class PoolMonitor:
         group = self.group
         if group is not None:
             try:
-                return self._group_view(group, health)
+                return self._group_view(group, health, detail)
             except OSError as exc:  # the shared directory failed: this worker's own view
                 log.warning("worker group unreadable, showing this worker only: %s", exc)
         pool = self.tracker.snapshot(_states(health), detail=detail)
@@ -202,15 +204,22 @@ class PoolMonitor:
         group = self.group
         if group is None:
             return None
-        states = self.server_states()
-        return group.publish(lambda: (self.tracker.snapshot(states), self.pool_stats()))
 
-    def _group_view(self, group: GroupMember, health: ServerHealthSnapshot) -> MonitorView:
-        # Published before merging: a counter this read shows is on disk, so it never goes
-        # down for the next reader, even if this worker dies right after answering.
-        states = _states(health)
-        own = group.publish(lambda: (self.tracker.snapshot(states), self.pool_stats()))
-        pool, stats, info = group.combine(own)
+        def take() -> WorkerReport:
+            health = self.server_health.snapshot()
+            pool, stats = self.tracker.snapshot(_states(health)), self.pool_stats()
+            own = build_view(pool, stats, health, self._app_info())
+            return group.report(pool, stats, len(own.phantoms), len(own.orphans))
+
+        return group.publish(take)
+
+    def _group_view(
+        self, group: GroupMember, health: ServerHealthSnapshot, detail: bool
+    ) -> MonitorView:
+        if group.last_published is None:
+            self.publish()  # the group's counters come from published reports
+        own = group.report(self.tracker.snapshot(_states(health), detail=detail), self.pool_stats())
+        pool, stats, info = group.combine(own, detail=detail)
         view = build_view(pool, stats, health, self._app_info())
         return dataclasses.replace(view, group=info)
 

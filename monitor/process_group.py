@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from monitor.state.codec import DecodeError, from_dict
+from monitor.state.codec import DecodeError, from_dict, to_plain
 from monitor.state.group import (
     SCHEMA_VERSION,
     GroupInfo,
@@ -109,8 +109,9 @@ def write_atomically(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False)  # the C encoder
         with os.fdopen(fd, "w") as file:
-            json.dump(data, file, separators=(",", ":"), allow_nan=False)
+            file.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -146,31 +147,49 @@ class GroupMember:
         self.stale_after_s = stale_after_s
         self.reap_after_s = reap_after_s
         self.key = worker_key(self.pid, self.started_at)
-        self.path = self.directory / f"worker-{self.key}.json"
+        self.path = self.directory / f"worker-{self.key}.json"  # the summary
+        self.detail_path = self.directory / f"detail-{self.key}.json"
         self._retired_path = self.directory / RETIRED_FILE
         self._lock_path = self.directory / "reap.lock"
         # One publish at a time: a newer report must never be overwritten by an older one.
         self._publish_lock = threading.Lock()
         self._left = False
+        self.last_published: WorkerReport | None = None
 
-    def report(self, pool: PoolSnapshot, stats: PoolStats) -> WorkerReport:
-        return WorkerReport(SCHEMA_VERSION, self.pid, self.started_at, self._clock(), pool, stats)
+    def report(
+        self, pool: PoolSnapshot, stats: PoolStats, phantoms: int = 0, orphans: int = 0
+    ) -> WorkerReport:
+        return WorkerReport(
+            SCHEMA_VERSION, self.pid, self.started_at, self._clock(), pool, stats,
+            phantoms, orphans,
+        )  # fmt: skip
 
-    def publish(self, take: Callable[[], tuple[PoolSnapshot, PoolStats]]) -> WorkerReport:
-        """Take a snapshot and write it as this worker's report; returns the report."""
+    def publish(self, take: Callable[[], WorkerReport]) -> WorkerReport:
+        """Write the report `take` makes: whole for dashboards, as a summary for scrapes."""
         with self._publish_lock:
-            report = self.report(*take())
+            report = take()
             if not self._left:
-                write_atomically(self.path, to_dict(report))
+                # The detail first: a reader that finds the summary finds the detail too.
+                data = to_plain(report)
+                write_atomically(self.detail_path, data)
+                write_atomically(self.path, _summary_data(data))
+                self.last_published = report
             return report
 
-    def combine(self, own: WorkerReport) -> tuple[PoolSnapshot, PoolStats, GroupInfo]:
-        """The group's view with `own` (just published) in place of this worker's file."""
-        others = self._read_reports()
+    def combine(
+        self, own: WorkerReport, *, detail: bool = True
+    ) -> tuple[PoolSnapshot, PoolStats, GroupInfo]:
+        """The group's view: `own` (fresh, this worker's) and every other worker's report (their
+        summaries unless `detail`); this worker's counters as last published (`merge_reports`)."""
+        others = self._read_reports(detail)
         retired = self._read_retired()
         # Read after the reports: a worker reaped meanwhile is in `retired.reaped` and skipped.
         return merge_reports(
-            [own, *others], retired, now=self._clock(), stale_after_s=self.stale_after_s
+            [own, *others],
+            retired,
+            now=self._clock(),
+            stale_after_s=self.stale_after_s,
+            published=self.last_published,
         )
 
     def reap(self) -> int:
@@ -224,15 +243,18 @@ class GroupMember:
         # The totals first, then the files: a reader in between skips them by their key.
         write_atomically(self._retired_path, to_dict(totals))
         for path, _report in gone:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            for stale in (path, path.with_name("detail-" + path.name.removeprefix("worker-"))):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
         return len(gone)
 
-    def _read_reports(self) -> list[WorkerReport]:
+    def _read_reports(self, detail: bool) -> list[WorkerReport]:
         reports = []
         for path in sorted(self.directory.glob("worker-*.json")):
             if path == self.path or _WORKER_FILE.match(path.name) is None:
                 continue
+            if detail:
+                path = path.with_name("detail-" + path.name.removeprefix("worker-"))
             report = self._load_report(path)
             if report is not None:
                 reports.append(report)
@@ -255,6 +277,21 @@ class GroupMember:
         except (OSError, ValueError, DecodeError):
             log.warning("unreadable %s; the group's retired totals restart", self._retired_path)
             return RetiredTotals()
+
+
+def _summary_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The plain data of `summary(report)` made from the report's (encoded once, not twice)."""
+    pool = dict(data["pool"])
+    for key in _LISTS:
+        pool[key] = []
+    pool["leaks"] = [{**leak, "site": []} for leak in pool["leaks"]]
+    return {**data, "pool": pool}
+
+
+_LISTS = (
+    "connections", "resolved_leaks", "gc_reclaims", "timeouts", "slow_queries",
+    "multi_connection_requests", "events",
+)  # fmt: skip
 
 
 class ProbeLeadership:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from monitor.process_group import GroupMember, ProbeLeadership, group_directory
-from monitor.state.records import PoolSnapshot, PoolStats
+from monitor.state.group import summary
+from monitor.state.records import PoolSnapshot, PoolStats, to_dict
 from tests.state.conftest import FakeClock
 from tests.state.test_group import STATS, worker
 from tests.state.test_view import health
@@ -35,21 +36,30 @@ def test_workers_see_each_other_and_a_dead_one_retires(tmp_path: Path, clock: Fa
     alive = {1, 2, 3}
     one, two, three = (member(tmp_path, pid, clock, alive) for pid in (1, 2, 3))
     for m, cycles in ((one, 1), (two, 2), (three, 3)):
-        m.publish(lambda m=m, c=cycles: take(clock, m.pid, c))
-    pool, stats, info = one.combine(one.publish(lambda: take(clock, 1, 1)))
+        m.publish(lambda m=m, c=cycles: m.report(*take(clock, m.pid, c)))
+    own = one.publish(lambda: one.report(*take(clock, 1, 1)))
+    pool, stats, info = one.combine(own)
     assert info.workers == (1, 2, 3) and stats.max_connections == 15
     total = pool.counters.checkouts
     assert total == 3 + 6  # three cycles on top of one held checkout per worker
+    assert {c.worker for c in pool.connections if c.checked_out} == {1, 2, 3}
+    # A scrape reads the others' summaries: the same counts, no connections of theirs.
+    light, light_stats, _ = one.combine(own, detail=False)
+    assert light.counters == pool.counters and light_stats == stats
+    assert light.checked_out == pool.checked_out and len(light.leaks) == len(pool.leaks) == 3
+    assert {c.worker for c in light.connections} == {1}
+    assert one.path.stat().st_size < one.detail_path.stat().st_size
+    assert json.loads(one.path.read_text()) == to_dict(summary(own))
 
     alive.discard(3)  # killed: its file stays until a live worker reaps it
     assert two.reap() == 1
-    assert not three.path.exists()
-    pool, _stats, info = one.combine(one.publish(lambda: take(clock, 1, 1)))
+    assert not three.path.exists() and not three.detail_path.exists()
+    pool, _stats, info = one.combine(one.publish(lambda: one.report(*take(clock, 1, 1))))
     assert info.workers == (1, 2) and info.retired_workers == 1
     assert pool.counters.checkouts == total  # its counts stay in the group's totals
 
     two.leave()  # a clean exit retires at once
-    pool, _stats, info = one.combine(one.publish(lambda: take(clock, 1, 1)))
+    pool, _stats, info = one.combine(one.publish(lambda: one.report(*take(clock, 1, 1))))
     assert info.workers == (1,) and pool.counters.checkouts == total
 
 
@@ -57,7 +67,7 @@ def test_unreadable_or_other_version_reports_are_skipped(tmp_path: Path, clock: 
     one = member(tmp_path, 1, clock, {1, 8, 9})
     (one.directory / "worker-8-1.json").write_text("{not json")
     (one.directory / "worker-9-1.json").write_text(json.dumps({"schema": 999}))
-    _pool, _stats, info = one.combine(one.publish(lambda: take(clock, 1, 1)))
+    _pool, _stats, info = one.combine(one.publish(lambda: one.report(*take(clock, 1, 1))))
     assert info.workers == (1,)
 
 

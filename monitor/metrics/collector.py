@@ -233,13 +233,13 @@ def server_families(view: MonitorView) -> Iterator[Metric]:
         names.ORPHAN_SESSIONS,
         "Server sessions the pool opened and detached (any worker of the group), still open.",
         pool_label,
-        len(view.orphans),
+        len(view.orphans) + (view.group.orphans_elsewhere if view.group else 0),
     )
     yield _gauge(
         names.PHANTOM_CONNECTIONS,
         "Pool connections whose server backend no longer exists.",
         pool_label,
-        len(view.phantoms),
+        len(view.phantoms) + (view.group.phantoms_elsewhere if view.group else 0),
     )
     yield GaugeMetricFamily(
         names.PROBE_HIDDEN_QUERIES,

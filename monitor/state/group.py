@@ -41,6 +41,9 @@ class WorkerReport:
     published_at: float  # unix time of this report
     pool: PoolSnapshot
     stats: PoolStats
+    # Counted by the worker against the server sample it had: a summary carries no connections.
+    phantoms: int = 0
+    orphans: int = 0
 
     @property
     def key(self) -> str:
@@ -72,6 +75,26 @@ class GroupInfo:
     workers: tuple[int, ...]  # pids of the live workers shown, the answering one first
     stale_workers: int  # published too long ago: counted, not shown
     retired_workers: int
+    # From the other workers' summaries (a metrics view merges no connections of theirs).
+    phantoms_elsewhere: int = 0
+    orphans_elsewhere: int = 0
+
+
+def summary(report: WorkerReport) -> WorkerReport:
+    """The report without connections and record lists: what a scrape needs of another worker
+    (counters, histograms, counts, current leaks), a few hundred bytes instead of kilobytes."""
+    pool = dataclasses.replace(
+        report.pool,
+        connections=(),
+        leaks=tuple(dataclasses.replace(leak, site=()) for leak in report.pool.leaks),
+        resolved_leaks=(),
+        gc_reclaims=(),
+        timeouts=(),
+        slow_queries=(),
+        multi_connection_requests=(),
+        events=(),
+    )
+    return dataclasses.replace(report, pool=pool)
 
 
 def retire(totals: RetiredTotals, report: WorkerReport, now: float) -> RetiredTotals:
@@ -97,22 +120,19 @@ def merge_reports(
     *,
     now: float,
     stale_after_s: float,
+    published: WorkerReport | None = None,
 ) -> tuple[PoolSnapshot, PoolStats, GroupInfo]:
-    """The group's pool snapshot and stats; `reports[0]` is the answering worker's (fresh)."""
+    """The group's pool snapshot and stats; `reports[0]` is the answering worker's (fresh).
+
+    Counters and histograms come from the published reports only (`published`: this worker's
+    last one): a counter a reader shows is on disk, so it never goes down for the next reader,
+    even if the answering worker dies right after. They lag the gauges by a publish interval.
+    """
     own = reports[0]
-    counted = [own, *(r for r in reports[1:] if r.key not in retired.reaped and r.key != own.key)]
-    live = [own, *(r for r in counted[1:] if now - r.published_at <= stale_after_s)]
-    pools = [
-        dataclasses.replace(
-            r.pool,
-            connections=tuple(dataclasses.replace(c, worker=r.pid) for c in r.pool.connections),
-            leaks=tuple(dataclasses.replace(leak, worker=r.pid) for leak in r.pool.leaks),
-            resolved_leaks=tuple(
-                dataclasses.replace(leak, worker=r.pid) for leak in r.pool.resolved_leaks
-            ),
-        )
-        for r in live
-    ]
+    others = [r for r in reports[1:] if r.key not in retired.reaped and r.key != own.key]
+    counted = [published or own, *others]
+    live = [own, *(r for r in others if now - r.published_at <= stale_after_s)]
+    pools = [r.pool for r in live]  # their records carry their worker's pid already
     counters = retired.counters
     wait, use, create = retired.wait_time, retired.use_time, retired.create_time
     for report in counted:
@@ -148,11 +168,14 @@ def merge_reports(
         detached_pids=tuple(sorted({pid for p in pools for pid in p.detached_pids})),
     )
     stats = _sum_stats([r.stats for r in live])
+    summaries = [r for r in live[1:] if not r.pool.connections]
     info = GroupInfo(
         answered_by=own.pid,
         workers=tuple(r.pid for r in live),
-        stale_workers=len(counted) - len(live),
+        stale_workers=len(others) + 1 - len(live),
         retired_workers=retired.workers,
+        phantoms_elsewhere=sum(r.phantoms for r in summaries),
+        orphans_elsewhere=sum(r.orphans for r in summaries),
     )
     return pool, stats, info
 

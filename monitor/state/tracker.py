@@ -126,6 +126,8 @@ class PoolTracker:
         # Backend pids of connections detached from the pool and still open (bounded).
         self._detached_pids: OrderedDict[int, None] = OrderedDict()
         self._max_records = max_records
+        # The worker process's pid on every record, when several workers are one monitor.
+        self.worker: int | None = None
 
         self._retired_checkouts = 0
         self._count: dict[str, int] = dict.fromkeys(
@@ -447,6 +449,7 @@ class PoolTracker:
             checkouts=slot.checkouts,
             leak_class=leak_class,
             history=self._history(slot, holding) if detail else (),
+            worker=self.worker,
         )
 
     def _history(self, slot: Slot, holding: Holding | None) -> tuple[LifecycleEvent, ...]:
@@ -472,6 +475,7 @@ class PoolTracker:
             leak_class=leak.leak_class,
             detected_at=self._to_wall(leak.detected_at),
             held_for_s=now - leak.holding[0],
+            worker=self.worker,
         )
 
     def _finish(self, slot: Slot, holding: Holding, now: float, how: str) -> None:
@@ -506,6 +510,7 @@ class PoolTracker:
                     held_for_s=held,
                     resolved_at=self._to_wall(now),
                     how_resolved=how,
+                    worker=self.worker,
                 )
             )
             log.info(
