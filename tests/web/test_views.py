@@ -12,6 +12,7 @@ from monitor.state.records import (
     PoolTimeoutRecord,
     SlowQueryGroup,
 )
+from monitor.state.group import GroupInfo
 from monitor.web import server_panels, views
 from monitor.web.formatting import SiteFrame
 from monitor.web.history import GaugeHistory, GaugeSample
@@ -242,3 +243,23 @@ def test_every_panel_builds_on_an_idle_pool() -> None:
     for name in views.PANEL_NAMES:
         assert views.build_panel(name, view, CTX) is not None, name
     assert views.build_held(view, CTX).summary == "no connection checked out"
+
+
+def test_several_workers_get_a_worker_column_and_say_who_answered() -> None:
+    single = views.build_held(make_view(pool(connections=(connection(slot=1),))), CTX)
+    assert single.show_worker is False
+    connections = (
+        dataclasses.replace(connection(slot=1, pid=101), worker=4001),
+        dataclasses.replace(connection(slot=1, pid=102), worker=4002),
+    )
+    view = dataclasses.replace(
+        make_view(pool(connections=connections)),
+        group=GroupInfo(answered_by=4002, workers=(4002, 4001), stale_workers=0,
+                        retired_workers=1),
+    )  # fmt: skip
+    held = views.build_held(view, CTX)
+    assert held.show_worker is True
+    assert [row.worker for row in held.rows] == ["4001", "4002"]
+    assert len({row.key for row in held.rows}) == 2  # same slot number, two workers
+    assert views.build_status(view, CTX).workers == "2 worker(s), answered by pid 4002"
+    assert views.build_status(make_view(), CTX).workers == ""
