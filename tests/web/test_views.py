@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from monitor.state.group import GroupInfo
 from monitor.state.records import (
     GcReclaim,
     LeakClass,
@@ -12,7 +13,6 @@ from monitor.state.records import (
     PoolTimeoutRecord,
     SlowQueryGroup,
 )
-from monitor.state.group import GroupInfo
 from monitor.web import server_panels, views
 from monitor.web.formatting import SiteFrame
 from monitor.web.history import GaugeHistory, GaugeSample
