@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -66,7 +67,31 @@ def group_directory() -> Path | None:
         return None
     started = _process_start_ticks(supervisor)
     name = f"group-{supervisor}" + (f"-{started}" if started is not None else "")
-    return Path(tempfile.gettempdir()) / f"pool-monitor-{os.getuid()}" / name
+    root = Path(tempfile.gettempdir()) / f"pool-monitor-{os.getuid()}"
+    try:
+        # Private to this user: reports name routes and show (normalised) SQL.
+        root.mkdir(mode=0o700, exist_ok=True)
+        if root.is_symlink() or root.stat().st_uid != os.getuid():
+            log.warning("%s is not this user's own directory; workers are not combined", root)
+            return None
+        prune_groups(root)
+    except OSError as exc:
+        log.warning("no worker group directory under %s: %s", root, exc)
+        return None
+    return root / name
+
+
+def prune_groups(root: Path, *, older_than_s: float = 600.0) -> None:
+    """Remove the directories of groups whose supervisor is gone (left by earlier runs)."""
+    now = time.time()
+    for path in root.glob("group-*"):
+        match = re.match(r"^group-(\d+)", path.name)
+        try:
+            if match and not pid_alive(int(match.group(1))):
+                if now - path.stat().st_mtime > older_than_s:
+                    shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def supervisor_pid() -> int | None:

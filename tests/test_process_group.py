@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.process_group import GroupMember, ProbeLeadership, group_directory
+from monitor.process_group import GroupMember, ProbeLeadership, group_directory, prune_groups
 from monitor.state.group import summary
 from monitor.state.records import PoolSnapshot, PoolStats, to_dict
 from tests.state.conftest import FakeClock
@@ -117,3 +117,18 @@ def test_group_directory_only_for_workers(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == str(tmp_path)
     assert group_directory() is None or "MONITOR_GROUP_DIR" in os.environ
+
+
+def test_groups_of_gone_supervisors_are_pruned(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    gone = tmp_path / f"group-{dead.pid}-1"
+    recent = tmp_path / f"group-{dead.pid}-2"
+    mine = tmp_path / f"group-{os.getpid()}-1"
+    for path in (gone, recent, mine):
+        (path / "app").mkdir(parents=True)
+    os.utime(gone, (1e9, 1e9))
+    os.utime(mine, (1e9, 1e9))
+    prune_groups(tmp_path)
+    assert not gone.exists()
+    assert recent.exists() and mine.exists()  # just made, or its supervisor still runs
