@@ -87,9 +87,9 @@ def prune_groups(root: Path, *, older_than_s: float = 600.0) -> None:
     for path in root.glob("group-*"):
         match = re.match(r"^group-(\d+)", path.name)
         try:
-            if match and not pid_alive(int(match.group(1))):
-                if now - path.stat().st_mtime > older_than_s:
-                    shutil.rmtree(path, ignore_errors=True)
+            gone = match is not None and not pid_alive(int(match.group(1)))
+            if gone and now - path.stat().st_mtime > older_than_s:
+                shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue
 
