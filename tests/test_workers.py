@@ -4,6 +4,8 @@ no false orphans."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -36,6 +38,7 @@ class Group:
 
     def __init__(self, argv: list[str], env: dict[str, str], port: int) -> None:
         self.base = f"http://127.0.0.1:{port}"
+        self.env = env
         self.process = subprocess.Popen(
             argv,
             env=env,
@@ -55,6 +58,14 @@ class Group:
         response = httpx.get(self.base + "/metrics", timeout=10)
         response.raise_for_status()
         return response.text
+
+    def reports(self) -> list[dict[str, Any]]:
+        """The summaries the workers published (the group directory is under TMPDIR)."""
+        found = []
+        for path in Path(self.env["TMPDIR"]).glob("pool-monitor-*/group-*/*/worker-*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                found.append(json.loads(path.read_text()))
+        return found
 
     def wait_all_workers(self, count: int = WORKERS, timeout_s: float = 60) -> list[int]:
         """Until a snapshot covers `count` live workers; returns their pids."""
@@ -161,10 +172,14 @@ def leak_everywhere(group: Group) -> None:
     response = httpx.post(group.base + "/demo/leak?hold_s=60", headers=DEMO_HEADERS, timeout=10)
     assert response.status_code == 200, response.text
     assert wait_for(lambda: metric(group.scrape(), names.LEAKED_CONNECTIONS) >= 1, 20)
+    # The holder noticed it; the others see it once its next report is out (a second or so).
+    assert wait_for(lambda: any(r["pool"]["leaks"] for r in group.reports()), 20, 0.1)
     answered = set()
     for _ in range(20):
         body = group.scrape()
-        assert metric(body, names.LEAKED_CONNECTIONS) >= 1, "leak missing in a scrape"
+        if metric(body, names.LEAKED_CONNECTIONS) < 1:
+            state = group.snapshot()  # what the group looked like right after
+            pytest.fail(f"leak missing in a scrape: {state['group']}, {state['pool']['leaks']}")
         assert metric(body, names.CONNECTION_COUNT, **{names.STATE: names.STATE_USED}) >= 1
         data = group.snapshot()
         answered.add(data["group"]["answered_by"])
