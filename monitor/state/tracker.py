@@ -17,7 +17,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from monitor.state.clock import Clock, monotonic, wall
-from monitor.state.histogram import FOLD_AT, Histogram
+from monitor.state.histogram import (
+    CREATE_TIME_BUCKETS_S,
+    FOLD_AT,
+    USE_TIME_BUCKETS_S,
+    WAIT_TIME_BUCKETS_S,
+    Histogram,
+)
 from monitor.state.holders import Holder, RequestScope, describe
 from monitor.state.records import (
     ConnectionView,
@@ -110,12 +116,12 @@ class PoolTracker:
         # them on the way in and out would cost every checkout two list operations.
         self._waiters = waiters
 
-        self.wait_time = Histogram()
-        self.use_time = Histogram()
+        self.wait_time = Histogram(WAIT_TIME_BUCKETS_S)
+        self.use_time = Histogram(USE_TIME_BUCKETS_S)
         # The hot path appends plain floats here (Histogram.observe inlined); the checkin folds.
         self._wait_samples = self.wait_time.pending
         self._use_samples = self.use_time.pending
-        self.create_time = Histogram()
+        self.create_time = Histogram(CREATE_TIME_BUCKETS_S)
 
         self._resolved: deque[LeakRecord] = deque(maxlen=max_records)
         self._gc_reclaims: deque[GcReclaim] = deque(maxlen=max_records)

@@ -35,7 +35,7 @@ class Capacity:
     pool_max: int  # pool_size + max_overflow of this process
     server_available: int | None  # max_connections minus reserved slots
     server_sessions: int | None  # client sessions on the whole server right now
-    used_ratio: float | None  # server_sessions / server_available
+    used_ratio: float | None  # server_sessions / max_connections: 0-1, the headroom's share
     pool_share_ratio: float | None  # pool_max / server_available
     warning: str | None
 
@@ -129,7 +129,10 @@ def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
         return Capacity(stats.max_connections, None, None, None, None, None)
     available = sample.settings.available_connections
     used = sample.total_client_sessions
-    used_ratio = used / available if available > 0 else None
+    max_connections = sample.settings.max_connections
+    # Over max_connections, not the slots open to ordinary roles: superusers' sessions use the
+    # reserved slots, so that ratio passes 1 while this one stays within 0-1.
+    used_ratio = used / max_connections if max_connections > 0 else None
     share = stats.max_connections / available if available > 0 else None
     warning = None
     if share is not None and share > 1:
@@ -138,7 +141,7 @@ def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
             f"only {available}"
         )
     elif used_ratio is not None and used_ratio >= 0.8:
-        warning = f"{used} of {available} server connections in use ({used_ratio:.0%})"
+        warning = f"{used} of {max_connections} server connections in use ({used_ratio:.0%})"
     elif share is not None and share > 0.5:
         warning = f"this one pool may take {share:.0%} of the server's connections"
     return Capacity(stats.max_connections, available, used, used_ratio, share, warning)
