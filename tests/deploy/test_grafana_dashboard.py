@@ -278,9 +278,12 @@ def test_fleet_row_shows_every_instance(panels: list[dict[str, Any]]) -> None:
     assert "count(up{" in by_title["Instances up"]
     worst = by_title["Pools' worst case by instance vs max_connections"]
     assert "sum by (instance) (db_client_connection_max{" in worst
-    assert "sum(db_client_connection_max{" in worst and "pool_monitor_server_max_connections" in worst
-    assert "sum by (instance, class) (sqlalchemy_pool_leaked_connections{" in (
-        by_title["Suspected leaks now, by instance"]
+    assert (
+        "sum(db_client_connection_max{" in worst and "pool_monitor_server_max_connections" in worst
+    )
+    assert (
+        "sum by (instance, class) (sqlalchemy_pool_leaked_connections{"
+        in (by_title["Suspected leaks now, by instance"])
     )
     rates = by_title["New leaks and checkout timeouts by instance"]
     assert "by (instance) (rate(sqlalchemy_pool_leaks_total{" in rates
