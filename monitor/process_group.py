@@ -98,9 +98,11 @@ def supervisor_pid() -> int | None:
     """The master process when this is a worker of uvicorn (`--workers`) or gunicorn."""
     if "gunicorn.arbiter" in sys.modules:  # gunicorn forks its workers from the arbiter
         return os.getppid()
-    # uvicorn's supervisor spawns each worker through multiprocessing into uvicorn._subprocess.
-    if "uvicorn._subprocess" in sys.modules and multiprocessing.parent_process() is not None:
-        return os.getppid()
+    # uvicorn's supervisor spawns each worker through multiprocessing, into uvicorn._subprocess.
+    if multiprocessing.parent_process() is not None:
+        target = getattr(multiprocessing.current_process(), "_target", None)
+        if getattr(target, "__module__", None) == "uvicorn._subprocess":
+            return os.getppid()
     return None
 
 
