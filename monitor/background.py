@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from monitor.instrumentation.pools_seen import ignore_pool
+from monitor.probes.pgbouncer import PgBouncerProbe
 from monitor.probes.runner import ServerProbe
 from monitor.probes.scheduler import start_scheduler, stop_scheduler
 from monitor.process_group import PUBLISH_INTERVAL_S, STALE_AFTER_S, ProbeLeadership
@@ -29,6 +30,7 @@ class Background:
         self._monitor = monitor
         self._probe: ServerProbe | None = None
         self._leadership: ProbeLeadership | None = None
+        self._pgbouncer: PgBouncerProbe | None = None
         self._scheduler: Any = None
         self._publish_failed = False
         self._publish_not_before = 0.0
@@ -52,6 +54,15 @@ class Background:
             jobs.insert(0, ("server-probe", self._probe_then_sweep, monitor.probe_interval_s))
         if monitor.group is not None:
             jobs.append(("group-publish", self.publish, PUBLISH_INTERVAL_S))
+        if monitor.pgbouncer_url is not None and monitor.pgbouncer_health is not None:
+            # Same schedule and time budget as the server probe, on a job of its own.
+            self._pgbouncer = PgBouncerProbe(
+                monitor.pgbouncer_url,
+                monitor.pgbouncer_health,
+                timeout_s=monitor.probe_timeout_s,
+                application_name=PROBE_APPLICATION_NAME,
+            )
+            jobs.append(("pgbouncer-probe", self._pgbouncer.run_once, monitor.probe_interval_s))
         probe = self._probe
 
         def skipped(job_id: str) -> None:
@@ -71,6 +82,7 @@ class Background:
         if self._leadership is not None:
             self._leadership.release()  # another worker takes over at its next tick
             self._leadership = None
+        self._pgbouncer = None
 
     def sweep(self) -> None:
         self._monitor.tracker.sweep(self._monitor.server_states())
