@@ -225,7 +225,8 @@ class PoolMonitor:
             pgbouncer = self.pgbouncer_health.snapshot() if self.pgbouncer_health else None
             pool = self.tracker.snapshot(self._states(health, pgbouncer))
             stats = self.pool_stats()
-            own = self._build(pool, stats, health, pgbouncer)
+            # Its counts only: the verdict window follows what readers are shown.
+            own = build_view(pool, stats, health, self._app_info(), pgbouncer=pgbouncer)
             return group.report(pool, stats, len(own.phantoms), len(own.orphans))
 
         return group.publish(take)
