@@ -223,7 +223,6 @@ def _run_workers(
     import uvicorn
 
     from monitor.embedded import EmbeddedPostgres
-    from monitor.server_limits import uvicorn_options
 
     embedded = None
     if not settings.database_url:
@@ -243,7 +242,8 @@ def _run_workers(
             workers=workers,
             log_level="info",
             access_log=args.access_log,
-            **uvicorn_options(server_limits(settings)),
+            # Not uvicorn_options(): its guarded protocol class is made at run time and cannot
+            # be pickled into spawned workers.
         )
     finally:
         stop_when_up()
