@@ -317,7 +317,7 @@ def _summary_data(data: dict[str, Any]) -> dict[str, Any]:
 
 _LISTS = (
     "connections", "resolved_leaks", "gc_reclaims", "timeouts", "slow_queries",
-    "multi_connection_requests", "events",
+    "multi_connection_requests", "events", "multi_pool_requests",
 )  # fmt: skip
 
 

@@ -93,6 +93,7 @@ def summary(report: WorkerReport) -> WorkerReport:
         slow_queries=(),
         multi_connection_requests=(),
         events=(),
+        multi_pool_requests=(),
     )
     return dataclasses.replace(report, pool=pool)
 
@@ -166,6 +167,14 @@ def merge_reports(
         ),
         events=_newest((p.events for p in pools), lambda x: x.at, MAX_RECORDS),
         detached_pids=tuple(sorted({pid for p in pools for pid in p.detached_pids})),
+        long_holds=tuple(
+            sorted((x for p in pools for x in p.long_holds), key=lambda x: -x.held_for_s)
+        ),
+        multi_pool_requests=_newest(
+            (p.multi_pool_requests for p in pools), lambda x: x.at, MAX_RECORDS
+        ),
+        accounting_drift=_sum_known(p.accounting_drift for p in pools),
+        idle_in_transaction_min_s=base.idle_in_transaction_min_s,
     )
     stats = _sum_stats([r.stats for r in live])
     summaries = [r for r in live[1:] if not r.pool.connections]
@@ -178,6 +187,11 @@ def merge_reports(
         orphans_elsewhere=sum(r.orphans for r in summaries),
     )
     return pool, stats, info
+
+
+def _sum_known(values: Iterable[int | None]) -> int | None:
+    known = [value for value in values if value is not None]
+    return sum(known) if known else None
 
 
 def _add_counters(a: PoolCounters | None, b: PoolCounters) -> PoolCounters:
