@@ -13,13 +13,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from monitor.server_limits import ServerLimits
     from monitor.settings import Settings
+
+MAX_WORKERS = 64
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
             action=argparse.BooleanOptionalAction,
             default=access_log,
             help=f"log every request (default {'on' if access_log else 'off'})",
+        )
+        command.add_argument(
+            "--workers",
+            type=_bounded(int, 0, MAX_WORKERS),
+            default=1,
+            help="worker processes (default 1); the monitor covers all of them",
         )
         command.set_defaults(handler=handler)
 
@@ -217,15 +225,17 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
             file=sys.stderr,
         )
         return 2
-    app = create_app(settings)
     if not settings.dashboard_token and settings.enabled:
         from monitor.web.install import warn_open_access
 
         warn_open_access(args.host)
     base = f"http://{_display_host(args.host)}:{port}"
+    workers = int(getattr(args, "workers", 1))
+    if workers > 1:
+        return _run_workers(args, settings, base, port, workers, overrides, demo=demo)
+    app = create_app(settings)
     stop_when_up = _when_up(base, demo=demo, background_load=settings.demo_background_load)
     try:
-        # One worker: the monitor's state and probe live in this process.
         uvicorn.run(
             app,
             host=args.host,
@@ -237,6 +247,51 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
         )
     finally:
         stop_when_up()
+    return 0
+
+
+def _run_workers(
+    args: argparse.Namespace,
+    settings: Any,
+    base: str,
+    port: int,
+    workers: int,
+    overrides: dict[str, bool],
+    *,
+    demo: bool,
+) -> int:
+    """Several uvicorn workers, each building the app from the environment (the factory)."""
+    import os
+
+    import uvicorn
+
+    from monitor.embedded import EmbeddedPostgres
+
+    embedded = None
+    if not settings.database_url:
+        # One embedded server for all workers, started here: each worker would start its own.
+        embedded = EmbeddedPostgres(settings.embedded_data_dir)
+        os.environ["DATABASE_URL"] = embedded.start().render_as_string(hide_password=False)
+    for name, value in overrides.items():
+        os.environ[f"MONITOR_{name.upper()}"] = "true" if value else "false"
+    print(f"pool-monitor: {workers} workers on {base}/", flush=True)
+    stop_when_up = _when_up(base, demo=demo, background_load=settings.demo_background_load)
+    try:
+        uvicorn.run(
+            "monitor.app:create_app",
+            factory=True,
+            host=args.host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            access_log=args.access_log,
+            # Not uvicorn_options(): its guarded protocol class is made at run time and cannot
+            # be pickled into spawned workers.
+        )
+    finally:
+        stop_when_up()
+        if embedded is not None:
+            embedded.close()
     return 0
 
 

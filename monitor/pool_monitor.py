@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -22,6 +23,8 @@ from monitor.instrumentation.pool_listeners import PoolListeners
 from monitor.instrumentation.pool_stats import pool_checked_out, queue_waiters
 from monitor.instrumentation.pools_seen import pools_observed, watch_pools
 from monitor.instrumentation.statements import StatementListeners
+from monitor.process_group import GroupMember, group_directory
+from monitor.state.group import WorkerReport
 from monitor.state.pgbouncer import PgBouncerHealth, PgBouncerHealthSnapshot
 from monitor.state.pooler import pooler_info, states_by_driver_pid
 from monitor.state.records import PoolSnapshot, PoolStats, to_dict
@@ -174,6 +177,8 @@ class PoolMonitor:
         self.pgbouncer_url: URL | None = make_url(pgbouncer_url) if pgbouncer_url else None
         self.pgbouncer_health = PgBouncerHealth() if self.pgbouncer_url is not None else None
         self._background: Any = None
+        # Set while started as one worker of several (uvicorn/gunicorn workers, MONITOR_GROUP_DIR).
+        self._group_dir: Path | None = None
         self._host: PoolMonitor | None = None  # set when installed into an app that had one
         primary = self.add_engine(
             engine, pool_name=pool_name, role=role, url_source=url_source, probe_url=probe_url
@@ -242,6 +247,7 @@ class PoolMonitor:
             watched.statement_listeners.attach(sync_engine)
             watch_pools(sync_engine.pool)
             self._pools.append(watched)
+        self._join_group(watched)
         background = self._background
         if background is not None:
             background.restart()  # a new server to probe, a new tracker to sweep
@@ -264,19 +270,46 @@ class PoolMonitor:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the periodic leak sweep and (unless disabled) the server probes."""
+        """Start the periodic leak sweep and (unless disabled) the server probes; as one worker
+        of several, join the process group (one report per pool, one prober per database)."""
         from monitor.background import Background
 
         if self._host is not None:
             return  # the app's first monitor probes and sweeps this one's pools
         if self._background is None:
+            self._group_dir = group_directory()
+            for watched in self.pools:
+                self._join_group(watched)
             self._background = Background(self)
             self._background.start()
+
+    def _join_group(self, watched: WatchedPool) -> None:
+        if self._group_dir is None or watched.group is not None:
+            return
+        try:
+            watched.group = GroupMember(self._group_dir, watched.name)
+            watched.tracker.worker = watched.group.pid
+        except OSError as exc:  # an unwritable directory: this worker shows itself only
+            log.warning("worker group directory %s unusable: %s", self._group_dir, exc)
+
+    @property
+    def group(self) -> GroupMember | None:
+        """The primary pool's place in the process group (None: one process, or not started)."""
+        return self._pools[0].group if self._pools else None
 
     def stop(self) -> None:
         if self._background is not None:
             self._background.stop()
             self._background = None
+        for watched in self.pools:
+            group, watched.group = watched.group, None
+            watched.tracker.worker = None
+            if group is not None:
+                try:
+                    group.leave()  # its counts stay in the group's totals
+                except OSError as exc:
+                    log.warning("could not retire this worker's report: %s", exc)
+        self._group_dir = None
 
     def detach(self) -> None:
         """Stop background work and remove every listener and wrapper from the engines."""
@@ -383,9 +416,26 @@ class PoolMonitor:
         health = watched.server_health.snapshot()
         pgbouncer = self.pgbouncer_health.snapshot() if self.pgbouncer_health else None
         pool = watched.tracker.snapshot(self._states(watched, health, pgbouncer), detail=detail)
+        app = self._app_info(watched, pools)
+        stats = watched.pool_stats()
+        group = watched.group
+        if group is not None:
+            try:
+                if group.last_published is None:
+                    self._publish(watched)  # the group's counters come from published reports
+                combined, stats, info = group.combine(group.report(pool, stats), detail=detail)
+                view = build_view(
+                    combined, stats, health, app, watched.verdicts, pgbouncer=pgbouncer
+                )
+                return dataclasses.replace(view, group=info)
+            except OSError as exc:  # the shared directory failed: this worker's own view
+                log.warning("worker group unreadable, showing this worker only: %s", exc)
+        return build_view(pool, stats, health, app, watched.verdicts, pgbouncer=pgbouncer)
+
+    def _app_info(self, watched: WatchedPool, pools: Sequence[WatchedPool]) -> AppInfo:
         url = watched.probe_url  # the full URL: sslmode and socket host live in its query
         host = url.host or ""
-        app = AppInfo(
+        return AppInfo(
             database=mask_url(url),
             url_source=watched.url_source,
             host_is_local=host in LOCAL_HOSTS or host.startswith("/") or "host" in url.query,
@@ -394,22 +444,31 @@ class PoolMonitor:
             pools_declared=1 + sum(1 for p in pools if p.role != PRIMARY),
             role=watched.role,
         )
-        # Sessions of the app's other pools on this server are theirs, not orphans of this one.
-        siblings = frozenset(
-            pid
-            for other in pools
-            if other is not watched and other.server_health is watched.server_health
-            for pid in other.tracker.pids()
-        )
-        return build_view(
-            pool,
-            watched.pool_stats(),
-            health,
-            app,
-            watched.verdicts,
-            pgbouncer=pgbouncer,
-            sibling_pids=siblings,
-        )
+
+    def publish(self) -> None:
+        """Write this worker's report of every pool for the rest of the group, and fold in the
+        reports of exited workers (the background publisher)."""
+        for watched in self.pools:
+            if watched.group is not None:
+                self._publish(watched)
+                watched.group.reap()
+
+    def _publish(self, watched: WatchedPool) -> None:
+        group = watched.group
+        if group is None:
+            return
+
+        def take() -> WorkerReport:
+            health = watched.server_health.snapshot()
+            pgbouncer = self.pgbouncer_health.snapshot() if self.pgbouncer_health else None
+            pool = watched.tracker.snapshot(self._states(watched, health, pgbouncer))
+            stats = watched.pool_stats()
+            # Its counts only: the verdict window follows what readers are shown.
+            app = self._app_info(watched, self.pools)
+            own = build_view(pool, stats, health, app, pgbouncer=pgbouncer)
+            return group.report(pool, stats, len(own.phantoms), len(own.orphans))
+
+        group.publish(take)
 
     def snapshot(self) -> dict[str, Any]:
         """The data of `/monitor/api/snapshot`: plain, JSON-serialisable. `pools` lists every

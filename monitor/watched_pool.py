@@ -7,6 +7,7 @@ on one dashboard, one `/metrics` and one snapshot.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -19,6 +20,9 @@ from monitor.state.server import ServerHealth, ServerHealthSnapshot
 from monitor.state.tracker import PoolTracker
 from monitor.state.verdicts import VerdictWindow
 from monitor.urls import sync_psycopg2_url
+
+if TYPE_CHECKING:
+    from monitor.process_group import GroupMember
 
 PRIMARY = "primary"
 
@@ -39,6 +43,8 @@ class WatchedPool:
     statement_listeners: StatementListeners
     verdicts: VerdictWindow
     attached: bool = field(default=True)
+    # This worker's place in the process group, while started as one worker of several.
+    group: GroupMember | None = None
 
     def pool_stats(self) -> PoolStats:
         return read_pool_stats(self.engine, self.tracker.counts)

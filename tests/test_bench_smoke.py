@@ -31,6 +31,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("script", "expected"),
     [
         ("scrape.py", "median full scrape"),
+        ("group_scrape.py", "median GET /metrics"),
         ("checkout.py", "(b)"),
         ("dashboard_poll.py", "per panel / combined"),
         ("overhead_bytecodes.py", "monitor/state/tracker.py"),

@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 from sqlalchemy.engine import URL
 
 from tests.conftest import url_string
-from tests.servers import AppProcess, free_port
+from tests.servers import AppProcess, free_port, wait_for
 
 
 def test_serve_answers_health_and_crud(schema_url: URL) -> None:
@@ -112,3 +113,25 @@ def test_port_from_the_environment_and_a_bad_one_refused(schema_url: URL) -> Non
     # serve keeps the access log; the start-up block names the dashboard.
     assert '"GET /products HTTP/1.1" 200' in app.output
     assert f"dashboard   http://127.0.0.1:{port}/monitor/" in app.output
+
+
+def test_serve_with_workers_is_one_monitor(schema_url: URL, tmp_path: Path) -> None:
+    """`serve --workers 2`: every snapshot covers both workers, whichever answers."""
+    env = {
+        "DATABASE_URL": url_string(schema_url),
+        "MONITOR_PROBE_INTERVAL_S": "1",
+        "TMPDIR": str(tmp_path),  # the group directory is derived under it
+    }
+    app = AppProcess("serve", env, "--workers", "2")
+    try:
+        app.wait_ready(timeout_s=60)
+
+        def both_covered() -> bool:
+            snapshot = httpx.get(f"{app.base}/monitor/api/snapshot", timeout=5).json()
+            return len(snapshot["group"]["workers"]) == 2
+
+        assert wait_for(both_covered, 60, 0.3)
+    finally:
+        status = app.stop()
+    assert status in (0, -signal.SIGTERM)
+    assert "2 workers on" in app.output

@@ -342,7 +342,11 @@ class PoolListeners:
             self._guard.failed("detach")
 
     def _on_close_detached(self, dbapi_connection: Any) -> None:
-        pass  # the slot already left the books at `detach`
+        # The slot already left the books at `detach`; only its orphan entry goes now.
+        try:
+            self._tracker.detached_closed(backend_pid(dbapi_connection))
+        except Exception:
+            self._guard.failed("close_detached")
 
 
 def _task_or_thread() -> object:

@@ -285,15 +285,15 @@ def server_families(view: MonitorView) -> Iterator[Metric]:
     pool_label = [view.pool.pool_name]
     yield _gauge(
         names.ORPHAN_SESSIONS,
-        "Server sessions with this pool's application_name that the pool does not know.",
+        "Server sessions the pool opened and detached (any worker of the group), still open.",
         pool_label,
-        len(view.orphans),
+        len(view.orphans) + (view.group.orphans_elsewhere if view.group else 0),
     )
     yield _gauge(
         names.PHANTOM_CONNECTIONS,
         "Pool connections whose server backend no longer exists.",
         pool_label,
-        len(view.phantoms),
+        len(view.phantoms) + (view.group.phantoms_elsewhere if view.group else 0),
     )
     yield GaugeMetricFamily(
         names.PROBE_HIDDEN_QUERIES,

@@ -68,19 +68,26 @@ def pooler_info(
     return PoolerInfo(True, how, mode, console, JOIN_NONE, why)
 
 
+SlotKey = tuple[int | None, int]  # (worker pid, slot id): slot ids repeat across workers
+
+
+def slot_key(connection: ConnectionView) -> SlotKey:
+    return (connection.worker, connection.slot_id)
+
+
 def server_pids(
     connections: Iterable[ConnectionView],
     info: PoolerInfo,
     pgbouncer: PgBouncerHealthSnapshot | None,
-) -> dict[int, int | None]:
-    """Slot id -> the server pid of its session now (None: no session or no join possible)."""
+) -> dict[SlotKey, int | None]:
+    """Slot -> the server pid of its session now (None: no session or no join possible)."""
     if info.join == JOIN_DIRECT:
-        return {c.slot_id: c.pid for c in connections}
+        return {slot_key(c): c.pid for c in connections}
     sample = pgbouncer.last_sample if pgbouncer is not None and pgbouncer.up else None
     if info.join != JOIN_PGBOUNCER or sample is None:
-        return {c.slot_id: None for c in connections}
+        return {slot_key(c): None for c in connections}
     return {
-        c.slot_id: sample.server_pid_for_client(c.client_addr, c.client_port) for c in connections
+        slot_key(c): sample.server_pid_for_client(c.client_addr, c.client_port) for c in connections
     }
 
 
@@ -109,7 +116,7 @@ def states_by_driver_pid(
         if info.join == JOIN_NONE:
             result[connection.pid] = NO_SERVER_SESSION
             continue
-        server_pid = pids.get(connection.slot_id)
+        server_pid = pids.get(slot_key(connection))
         if server_pid is not None and server_pid in server_states:
             result[connection.pid] = server_states[server_pid]
     return result

@@ -54,6 +54,7 @@ class ConnectionView:
     history: tuple[LifecycleEvent, ...]
     client_addr: str | None = None  # the app's end of its TCP socket (what a pooler sees)
     client_port: int | None = None
+    worker: int | None = None  # pid of the worker process that holds it (several workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class LeakRecord:
     held_for_s: float  # at detection, or until resolution once resolved
     resolved_at: float | None = None
     how_resolved: str | None = None  # returned, gc_reclaimed, invalidated, detached
+    worker: int | None = None  # pid of the worker process (several workers)
     reason: str = ""  # "owner finished", "unused 3.2 s", "held past its 100 s ceiling"
 
 
@@ -176,6 +178,8 @@ class PoolSnapshot:
     slow_queries: tuple[SlowQueryGroup, ...]  # slowest total first
     multi_connection_requests: tuple[MultiConnectionRequest, ...]
     events: tuple[LifecycleEvent, ...]  # pool-wide notable events, most recent first
+    # Backends of connections this pool detached and has not seen closed: its only true orphans.
+    detached_pids: tuple[int, ...] = ()
     long_holds: tuple[LongHold, ...] = ()  # current, oldest first
     multi_pool_requests: tuple[MultiPoolRequest, ...] = ()  # most recent first
     # Checked out as the monitor counts minus as the pool counts, read when both agree on an

@@ -147,6 +147,21 @@ class ServerHealth:
         with self._lock:
             self._skipped_total += 1
 
+    def adopt(self, other: ServerHealthSnapshot) -> None:
+        """Take over another worker's probe results (the group's prober), counters included,
+        so this worker continues from them if it becomes the prober."""
+        with self._lock:
+            self._up = other.up
+            self._last_sample = other.last_sample
+            self._errors_total = other.errors_total
+            self._last_error = other.last_error
+            self._last_error_at = other.last_error_at
+            self._last_success_at = other.last_success_at
+            self._durations_s.clear()
+            self._durations_s.extend(other.probe_durations_s)
+            self._probes_total = other.probes_total
+            self._skipped_total = other.skipped_total
+
     def snapshot(self) -> ServerHealthSnapshot:
         with self._lock:
             sample = self._last_sample

@@ -187,6 +187,11 @@ class PoolTracker:
         self._multi_pool: deque[MultiPoolRequest] = deque(maxlen=max_records)
         self._events: deque[LifecycleEvent] = deque(maxlen=max_records)
         self._slow: OrderedDict[str, list[Any]] = OrderedDict()
+        # Backend pids of connections detached from the pool and still open (bounded).
+        self._detached_pids: OrderedDict[int, None] = OrderedDict()
+        self._max_records = max_records
+        # The worker process's pid on every record, when several workers are one monitor.
+        self.worker: int | None = None
 
         self._retired_checkouts = 0
         self._count: dict[str, int] = dict.fromkeys(
@@ -268,10 +273,20 @@ class PoolTracker:
         with self._lock:
             self._count["detaches"] += 1
             self._release(slot, now, "gc_reclaimed" if reclaimed else "detached")
+            if not reclaimed and slot.pid is not None:
+                self._detached_pids[slot.pid] = None
+                if len(self._detached_pids) > self._max_records:
+                    self._detached_pids.popitem(last=False)
             if self._open.pop(slot.id, None) is not None:
                 self._retired_checkouts += slot.checkouts
                 slot.checkouts = 0
             slot.history.append((now, "detach", ""))
+
+    def detached_closed(self, pid: int | None) -> None:
+        """A detached connection was closed: its backend is no orphan of ours any more."""
+        if pid is not None:
+            with self._lock:
+                self._detached_pids.pop(pid, None)
 
     # ---- hot path ---------------------------------------------------------------------------
 
@@ -534,6 +549,7 @@ class PoolTracker:
                 slow_queries=tuple(sorted(slow, key=lambda g: g.total_s, reverse=True)),
                 multi_connection_requests=tuple(self._multi) if detail else (),
                 events=tuple(self._events) if detail else (),
+                detached_pids=tuple(self._detached_pids),
                 long_holds=long_holds,
                 multi_pool_requests=tuple(self._multi_pool) if detail else (),
                 accounting_drift=drift,
@@ -637,6 +653,7 @@ class PoolTracker:
             history=self._history(slot, holding) if detail else (),
             client_addr=slot.address[0] if slot.address else None,
             client_port=slot.address[1] if slot.address else None,
+            worker=self.worker,
         )
 
     def _history(self, slot: Slot, holding: Holding | None) -> tuple[LifecycleEvent, ...]:
@@ -662,6 +679,7 @@ class PoolTracker:
             leak_class=leak.leak_class,
             detected_at=self._to_wall(leak.detected_at),
             held_for_s=now - leak.holding[0],
+            worker=self.worker,
             reason=leak.reason,
         )
 
@@ -711,6 +729,7 @@ class PoolTracker:
                     held_for_s=held,
                     resolved_at=self._to_wall(now),
                     how_resolved=how,
+                    worker=self.worker,
                     reason=leak.reason,
                 )
             )

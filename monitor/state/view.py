@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from monitor.state.group import GroupInfo
 from monitor.state.pgbouncer import PgBouncerHealthSnapshot
-from monitor.state.pooler import JOIN_NONE, PoolerInfo, pooler_info, server_pids
+from monitor.state.pooler import JOIN_NONE, PoolerInfo, pooler_info, server_pids, slot_key
 from monitor.state.records import ConnectionView, PoolSnapshot, PoolStats
 from monitor.state.server import (
+    CLIENT_BACKEND,
     IDLE_IN_TRANSACTION_STATES,
     Backend,
     ServerHealthSnapshot,
@@ -64,11 +66,12 @@ class MonitorView:
     server: ServerHealthSnapshot
     app: AppInfo
     held: tuple[HeldConnection, ...]
-    orphans: tuple[Backend, ...]  # server sessions of this application the pool does not know
+    orphans: tuple[Backend, ...]  # sessions the pool opened and detached, still open
     phantoms: tuple[ConnectionView, ...]  # pool connections the server no longer has
     capacity: Capacity
     rules: tuple[RuleVerdict, ...]
     drift: int  # tracker's checked-out count minus the pool's own
+    group: GroupInfo | None = None  # the workers covered, with several worker processes
     verdict_window_s: float = DEFAULT_WINDOW_S
     pooler: PoolerInfo | None = None
     pgbouncer: PgBouncerHealthSnapshot | None = None  # when its admin console is configured
@@ -82,10 +85,8 @@ def build_view(
     verdicts: VerdictWindow | None = None,
     *,
     pgbouncer: PgBouncerHealthSnapshot | None = None,
-    sibling_pids: frozenset[int] = frozenset(),
 ) -> MonitorView:
-    """`verdicts`: keeps each rule failing while its condition held within its window;
-    `sibling_pids`: backends of the app's other pools on the same server (not orphans)."""
+    """`verdicts`: keeps each rule failing while its condition held within its window."""
     sample = server.last_sample if server.up else None
     by_pid = {b.pid: b for b in sample.backends} if sample is not None else {}
     pooler = pooler_info(server, pgbouncer)
@@ -95,7 +96,7 @@ def build_view(
     for connection in pool.connections:
         if not connection.checked_out:
             continue
-        server_pid = pids.get(connection.slot_id)
+        server_pid = pids.get(slot_key(connection))
         backend = by_pid.get(server_pid) if server_pid is not None else None
         checked_out_at = connection.checked_out_at
         if sample is not None and checked_out_at is not None and sample.taken_at < checked_out_at:
@@ -116,19 +117,20 @@ def build_view(
     orphans: tuple[Backend, ...] = ()
     phantoms: tuple[ConnectionView, ...] = ()
     if sample is not None and pooler.join != JOIN_NONE:
+        # An orphan is a session this pool (of any worker of the group) opened, detached and
+        # never closed: sharing the application_name proves nothing (other workers, other
+        # instances and parallel-query workers share it).
         known = {pid for pid in pids.values() if pid is not None}
-        names = {by_pid[pid].application_name for pid in known if pid in by_pid}
+        ours = set(pool.detached_pids) - known
         orphans = tuple(
-            b
-            for b in sample.backends
-            if b.application_name in names and b.pid not in known and b.pid not in sibling_pids
+            b for b in sample.backends if b.pid in ours and b.backend_type in (CLIENT_BACKEND, None)
         )
         # Through PgBouncer a client not linked to a server (yet) has no pid to miss.
         phantoms = tuple(
             c
             for c in pool.connections
-            if pids.get(c.slot_id) is not None
-            and pids[c.slot_id] not in by_pid
+            if pids.get(slot_key(c)) is not None
+            and pids[slot_key(c)] not in by_pid
             and c.connected_at < sample.taken_at
         )
     capacity = _capacity(stats, server)

@@ -84,6 +84,7 @@ class StatusPanel:
     pool: str
     server_version: str
     updated: str
+    workers: str = ""  # with several worker processes: how many, and which one answered
 
 
 def server_banner(view: MonitorView) -> Banner | None:
@@ -138,7 +139,18 @@ def build_status(view: MonitorView, ctx: RenderContext) -> StatusPanel:
         pool=f"{view.pool.pool_name} ({view.pool_stats.pool_class})",
         server_version=f"PostgreSQL {sample.settings.server_version}" if sample else NOTHING,
         updated=clock_time(view.pool.taken_at),
+        workers=_workers_text(view),
     )
+
+
+def _workers_text(view: MonitorView) -> str:
+    group = view.group
+    if group is None:
+        return ""
+    text = f"{len(group.workers)} worker(s), answered by pid {group.answered_by}"
+    if group.stale_workers:
+        text += f", {group.stale_workers} silent"
+    return text
 
 
 # ---- pool gauges -----------------------------------------------------------------------------
@@ -324,6 +336,7 @@ class ConnectionRow:
     query: str
     query_hidden: bool
     kill: str
+    worker: str = ""  # the worker process's pid, with several workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +362,7 @@ class HeldPanel:
     note: str
     calm: bool
     fresh: str
+    show_worker: bool = False  # several worker processes: a column says whose each one is
 
 
 def _state_when_unknown(view: MonitorView) -> str:
@@ -400,7 +414,7 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
             else f"{duration(max(0.0, (held.killed_in_s or 0.0) - lag))} ({held.killed_by})"
         )
     return ConnectionRow(
-        key=f"held-{conn.slot_id}-{conn.checkouts}",
+        key=f"held-{conn.worker or 0}-{conn.slot_id}-{conn.checkouts}",
         slot=conn.slot_id,
         # Behind a pooler the driver's pid is the pooler's key: show the joined one.
         pid=pid_text(held.server_pid if view.pooler and view.pooler.detected else conn.pid),
@@ -414,6 +428,7 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
         query=query,
         query_hidden=backend.query_hidden if backend is not None else False,
         kill=kill,
+        worker=pid_text(conn.worker) if conn.worker is not None else "",
     )
 
 
@@ -500,7 +515,9 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
         f"{duration(view.pool.leak_threshold_s)} is a long hold, a suspected leak once unused "
         "that long or held past its ceiling"
     )
-    return HeldPanel(groups, summary, note, not groups, freshness(view, server=True))
+    return HeldPanel(
+        groups, summary, note, not groups, freshness(view, server=True), view.group is not None
+    )
 
 
 # ---- leaks -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from tests.deploy.conftest import (
     POOL_METRICS,
     POSTGRES_EXPORTER_METRICS,
     PROMETHEUS_DIR,
+    PROMETHEUS_METRICS,
     PROVIDER_FILE,
     base_metric,
     load_yaml,
@@ -178,7 +179,7 @@ def test_dashboard_covers_every_exposed_metric(
     targets: list[tuple[str, dict[str, Any]]],
 ) -> None:
     used = {base_metric(n) for _, t in targets for n in metric_names(t["expr"])}
-    known = BASE_METRICS | POSTGRES_EXPORTER_METRICS
+    known = BASE_METRICS | POSTGRES_EXPORTER_METRICS | PROMETHEUS_METRICS  # `up`: fleet row
     assert used <= known, f"unknown metrics: {sorted(used - known)}"
     assert BASE_METRICS - used == set(), "metrics without a panel"
     assert {"pg_stat_activity_count", "pg_settings_max_connections"} <= used  # cluster-wide
@@ -267,3 +268,25 @@ def test_server_facts_are_never_summed_over_instances(
     summed = re.compile(r"\bsum\s*(?:by\s*\([^)]*\)\s*)?\(\s*pool_monitor_server_")
     for title, target in targets:
         assert not summed.search(target["expr"]), title
+
+
+def test_fleet_row_shows_every_instance(panels: list[dict[str, Any]]) -> None:
+    """Instances up, all pools against max_connections, leaks and timeouts per instance; the
+    probe's staleness per instance (a max() over instances would hide the stale one)."""
+    by_title = {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in panels}
+    assert "Fleet: every instance" in by_title
+    assert "count(up{" in by_title["Instances up"]
+    worst = by_title["Pools' worst case by instance vs max_connections"]
+    assert "sum by (instance) (db_client_connection_max{" in worst
+    assert (
+        "sum(db_client_connection_max{" in worst and "pool_monitor_server_max_connections" in worst
+    )
+    assert (
+        "sum by (instance, class) (sqlalchemy_pool_leaked_connections{"
+        in (by_title["Suspected leaks now, by instance"])
+    )
+    rates = by_title["New leaks and checkout timeouts by instance"]
+    assert "by (instance) (rate(sqlalchemy_pool_leaks_total{" in rates
+    assert "by (instance) (rate(db_client_connection_timeouts_total{" in rates
+    stale = by_title["Seconds since last successful probe"]
+    assert "max by (instance) (pool_monitor_probe_last_success_timestamp_seconds{" in stale

@@ -7,13 +7,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine
-from sqlalchemy.engine import Connection
-from sqlalchemy.pool import NullPool
 
 from monitor.state.server import Backend
 from monitor.state.session_cap import cap_sessions
-from monitor.urls import app_url
 from tests.servers import wait_for
 
 EXTRA_SESSIONS = 60  # CI's server allows 100 connections: stay well inside it
@@ -49,27 +45,25 @@ def test_the_most_telling_sessions_are_listed_the_rest_counted() -> None:
 
 
 @pytest.fixture
-def extra_sessions(client: TestClient) -> Iterator[list[Connection]]:
-    """Sessions with the app's application_name that its pool does not know (orphans)."""
+def extra_sessions(client: TestClient) -> Iterator[list[Any]]:
+    """Connections the app's pool opened and detached, still open: its orphans."""
     app: Any = client.app
-    engine = create_engine(
-        app_url(app.state.settings.database_url),
-        poolclass=NullPool,
-        connect_args={"application_name": app.state.settings.application_name},
-    )
-    connections = [engine.connect() for _ in range(EXTRA_SESSIONS)]
+    connections = []
     try:
-        for conn in connections[:5]:
-            conn.exec_driver_sql("SELECT 1")  # now idle in transaction
+        for _ in range(EXTRA_SESSIONS):
+            raw = app.state.engine.raw_connection()
+            raw.detach()  # out of the pool, which may open another in its place
+            connections.append(raw)
+        for raw in connections[:5]:
+            raw.cursor().execute("SELECT 1")  # now idle in transaction
         yield connections
     finally:
-        for conn in connections:
-            conn.close()
-        engine.dispose()
+        for raw in connections:
+            raw.close()
 
 
 def test_snapshots_and_polls_list_at_most_the_cap(
-    client: TestClient, extra_sessions: list[Connection]
+    client: TestClient, extra_sessions: list[Any]
 ) -> None:
     def seen() -> dict[str, Any] | None:
         data: dict[str, Any] = client.get("/monitor/api/snapshot").json()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from monitor.state.holders import RequestScope
 from monitor.state.records import PoolStats
 from monitor.state.server import Backend, ServerHealthSnapshot, ServerSample, ServerSettings
@@ -83,11 +85,21 @@ def test_held_connection_joined_with_kill_timer(clock: FakeClock) -> None:
 
 def test_orphans_and_phantoms(clock: FakeClock) -> None:
     tracker = tracker_with(clock, [11, 12])
-    # 12 is gone from the server (killed); 99 is ours by name but unknown to the pool; 50 is another app.
-    server = health((backend(11, "active"), backend(99, "idle"), backend(50, "idle", app="other")))
+    detached = tracker.new_slot()
+    tracker.connected(detached, 99, None)
+    tracker.detached(detached)  # left the pool, still open on the server: a true orphan
+    # 12 is gone from the server (killed); 98 shares our name (another worker or instance, a
+    # parallel worker) but was never ours; 50 is another app.
+    parallel = dataclasses.replace(backend(97, "active"), backend_type="parallel worker")
+    server = health(
+        (backend(11, "active"), backend(99, "idle"), backend(98, "idle"), parallel,
+         backend(50, "idle", app="other"))
+    )  # fmt: skip
     view = build_view(tracker.snapshot(), stats(), server, APP)
     assert [b.pid for b in view.orphans] == [99]
     assert [c.pid for c in view.phantoms] == [12]
+    tracker.detached_closed(99)  # the app closed it after all
+    assert build_view(tracker.snapshot(), stats(), server, APP).orphans == ()
 
 
 def test_stale_server_data_is_not_joined(clock: FakeClock) -> None:

@@ -148,13 +148,15 @@ def test_a_poll_with_sixty_outside_sessions_stays_small(
 ) -> None:
     app, base_url = incident
     dsn = schema_url.set(drivername="postgresql").render_as_string(hide_password=False)
-    app_name = app.state.settings.application_name
     sessions = []
     try:
         for index in range(OUTSIDE_SESSIONS):
-            # Half of them carry the app's name: orphans of this application, listed in a panel.
-            name = app_name if index % 2 else "outside-worker"
-            conn = psycopg2.connect(dsn, application_name=name)
+            # Half of them are the app's own, detached from its pool: orphans, listed in a panel.
+            if index % 2:
+                conn = app.state.engine.raw_connection()
+                conn.detach()
+            else:
+                conn = psycopg2.connect(dsn, application_name="outside-worker")
             if index % 3 == 0:
                 conn.cursor().execute("BEGIN; SELECT 1")  # idle in transaction
             sessions.append(conn)

@@ -46,8 +46,11 @@ def test_blocked_and_blocking_sessions_name_the_pool_holder() -> None:
 
 def test_orphans_and_phantoms() -> None:
     view = make_view(
-        pool(connections=(connection(slot=1, pid=101), connection(slot=2, pid=555, held_s=None))),
-        server((backend(101, "idle in transaction"), backend(999, "idle"))),
+        pool(
+            connections=(connection(slot=1, pid=101), connection(slot=2, pid=555, held_s=None)),
+            detached_pids=(999,),  # detached from the pool, still open: an orphan
+        ),
+        server((backend(101, "idle in transaction"), backend(999, "idle"), backend(998, "idle"))),
         stats(checked_out=1),
     )
     panel = server_panels.build_orphans(view, CTX)

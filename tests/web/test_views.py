@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from monitor.state.group import GroupInfo
 from monitor.state.holders import Holder
 from monitor.state.records import (
     GcReclaim,
@@ -356,3 +357,24 @@ def test_the_pool_rule_says_none_for_a_setting_that_is_not_set() -> None:
     why = rows["Use the pool"].why
     assert "recycle none" in why and "timeout 10 s" in why and "Nones" not in why
     assert rows["Use the pool"].status == "warn" and "no pool_recycle" in why
+
+
+def test_several_workers_get_a_worker_column_and_say_who_answered() -> None:
+    single = views.build_held(make_view(pool(connections=(connection(slot=1),))), CTX)
+    assert single.show_worker is False
+    connections = (
+        dataclasses.replace(connection(slot=1, pid=101), worker=4001),
+        dataclasses.replace(connection(slot=1, pid=102), worker=4002),
+    )
+    view = dataclasses.replace(
+        make_view(pool(connections=connections)),
+        group=GroupInfo(answered_by=4002, workers=(4002, 4001), stale_workers=0,
+                        retired_workers=1),
+    )  # fmt: skip
+    held = views.build_held(view, CTX)
+    assert held.show_worker is True
+    rows = [row for group in held.groups for row in group.rows]
+    assert sorted(row.worker for row in rows) == ["4001", "4002"]
+    assert len({row.key for row in rows}) == 2  # same slot number, two workers
+    assert views.build_status(view, CTX).workers == "2 worker(s), answered by pid 4002"
+    assert views.build_status(make_view(), CTX).workers == ""

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-import psycopg2
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection
@@ -41,17 +40,17 @@ PAGES = [
 
 @pytest.fixture
 def hostile_settings(app_settings: Settings) -> Settings:
-    # The app's own connections carry the payload name, so the outside session is an "orphan"
-    # of this application and its query text is shown too.
+    # The app's own connections carry the payload name, the orphan (a detached connection) too,
+    # and its query text is shown.
     return app_settings.model_copy(update={"application_name": APP_PAYLOAD})
 
 
 @contextmanager
-def outside_session(url: URL) -> Iterator[int]:
-    """A session outside the pool, named with the payload, running the payload query."""
-    # The libpq URI form keeps a Unix-socket host given in the query (the embedded server).
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = psycopg2.connect(dsn, application_name=APP_PAYLOAD)
+def outside_session(engine: Any) -> Iterator[int]:
+    """A connection the app's pool opened and detached (an orphan), running the payload query."""
+    raw = engine.raw_connection()
+    raw.detach()  # out of the pool, still open: the server session is this app's orphan
+    conn = raw.dbapi_connection
     conn.autocommit = True
     pid = conn.get_backend_pid()
     worker = threading.Thread(target=lambda: conn.cursor().execute(OUTSIDE_SQL), daemon=True)
@@ -60,13 +59,13 @@ def outside_session(url: URL) -> Iterator[int]:
         yield pid
     finally:
         worker.join(10)
-        conn.close()
+        raw.close()
 
 
 @contextmanager
 def hostile_data(engine: Any, url: URL, snapshot: Callable[[], dict[str, Any]]) -> Iterator[None]:
     """Hold a pool connection after the payload query while an outside session runs its own."""
-    with outside_session(url) as outside_pid, engine.connect() as conn:
+    with outside_session(engine) as outside_pid, engine.connect() as conn:
         held: Connection = conn
         held.exec_driver_sql("BEGIN")
         held.exec_driver_sql(POOL_SQL)
