@@ -30,20 +30,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix monitor tests bench
 	$(BIN)/ruff format monitor tests bench
 
+# The default scenarios (python -m bench --list names them all); BENCH_ARGS="--quick" for a short
+# run, "--instrument callgrind" for the counted variants (needs valgrind).
 bench: $(STAMP)
-	$(BIN)/python bench/checkout.py
-	if command -v valgrind >/dev/null; then $(BIN)/python bench/checkout_instructions.py; \
-	else echo "bench/checkout_instructions.py skipped: no valgrind"; fi
-	$(BIN)/python bench/scrape.py
-	$(BIN)/python bench/probe.py
-	$(BIN)/python bench/dashboard_poll.py
-	$(BIN)/python bench/overhead.py
-	$(BIN)/python bench/overhead_inprocess.py
-	$(BIN)/python bench/overhead_bytecodes.py
-	if command -v valgrind >/dev/null; then $(BIN)/python bench/overhead_instructions.py; \
-	else echo "bench/overhead_instructions.py skipped: no valgrind"; fi
-	if command -v valgrind >/dev/null; then $(BIN)/python bench/overhead_parts.py; \
-	else echo "bench/overhead_parts.py skipped: no valgrind"; fi
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,31 +1,26 @@
-"""Probe duration with many idle sessions on the server (goal: <= 10 ms median with 300).
+"""What one probe of the server costs: its duration with many idle sessions on the server.
 
 Starts a private embedded PostgreSQL with max_connections raised, opens N idle sessions, then
-times `ServerProbe.run_once()` side by side with an idle server (no extra sessions).
-Run: `.venv/bin/python bench/probe.py` (N from BENCH_SESSIONS, default 300).
+times `ServerProbe.run_once()` side by side with the idle server. Goal: median <= 10 ms with 300.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
-import sys
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import psycopg2
 from sqlalchemy import create_engine, text
 
+from bench.interval import Verdict, judge
 from monitor.embedded import EmbeddedPostgres
 from monitor.probes.runner import ServerProbe
 from monitor.state.server import ServerHealth
 
-SESSIONS = int(os.environ.get("BENCH_SESSIONS", "300"))
-ROUNDS = 60
+GOAL_MS = 10.0
 
 
 def probe_times(probe: ServerProbe, health: ServerHealth, rounds: int) -> list[float]:
@@ -38,14 +33,15 @@ def probe_times(probe: ServerProbe, health: ServerHealth, rounds: int) -> list[f
     return times
 
 
-def main() -> None:
+def probe(sessions: int = 300, rounds: int = 60) -> list[Verdict]:
+    """Probe durations on an idle server and with `sessions` idle sessions, side by side."""
     data_dir = Path("/tmp") / f"pm-bench-{uuid.uuid4().hex[:8]}"
     server = EmbeddedPostgres(data_dir)
     url = server.start()
     try:
         admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(text(f"ALTER SYSTEM SET max_connections = {SESSIONS + 50}"))
+            conn.execute(text(f"ALTER SYSTEM SET max_connections = {sessions + 50}"))
         admin.dispose()
         server.stop()
         server.restart()
@@ -53,28 +49,25 @@ def main() -> None:
         health = ServerHealth()
         probe = ServerProbe(url, health, timeout_s=5.0)
         probe.run_once()  # connect and warm up
-        quiet = probe_times(probe, health, ROUNDS)
+        quiet = probe_times(probe, health, rounds)
 
         dsn = url.render_as_string(hide_password=False).replace("postgresql+psycopg2", "postgresql")
-        sessions = [psycopg2.connect(dsn, application_name="bench-idle") for _ in range(SESSIONS)]
+        idle = [psycopg2.connect(dsn, application_name="bench-idle") for _ in range(sessions)]
         try:
-            busy = probe_times(probe, health, ROUNDS)
+            busy = probe_times(probe, health, rounds)
             sample = health.snapshot().last_sample
             assert sample is not None
             seen = len(sample.backends)
         finally:
-            for session in sessions:
+            for session in idle:
                 session.close()
         probe.close()
-        print(f"probe duration, median of {ROUNDS} runs (embedded PostgreSQL 18):")
-        print(f"  idle server:              {statistics.median(quiet):6.2f} ms")
-        print(f"  with {SESSIONS} idle sessions:  {statistics.median(busy):6.2f} ms  "
-              f"(backends parsed: {seen}; goal <= 10 ms: {'ok' if statistics.median(busy) <= 10 else 'MISSED'})")  # fmt: skip
-        print(f"  ratio: {statistics.median(busy) / statistics.median(quiet):.2f}x")
     finally:
         server.close()
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
+    result = judge(f"probe, {sessions} idle sessions", [[t] for t in busy], GOAL_MS,
+                   at_least=False, digits=2, unit=" ms")  # fmt: skip
+    print(f"probe duration, {rounds} runs each (embedded PostgreSQL): idle server "
+          f"{statistics.median(quiet):.2f} ms; with {sessions} idle sessions {result.figure} "
+          f"(backends parsed: {seen}); ratio {statistics.median(busy) / statistics.median(quiet):.2f}x")  # fmt: skip
+    return [result]
