@@ -18,8 +18,10 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/pool-monitor serve
 
+# Two workers (pytest-xdist), each on a database of its own; TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check monitor tests bench
