@@ -147,6 +147,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 Result = tuple[float, float, float]  # requests/s, p99 ms, app CPU ms per request
+# p50 ms, p99 ms, app CPU ms per request, how far the load fell behind its schedule (ms), failures
+Latency = tuple[float, float, float, float, float]
 
 
 @contextmanager
@@ -450,9 +452,6 @@ def at_fixed_rate(url: str, case: str, rate: float, pid: int, seconds: float) ->
         result.failed,
     )
 
-
-# p50 ms, p99 ms, app CPU ms per request, how far the load fell behind its schedule (ms), failures
-Latency = tuple[float, float, float, float, float]
 
 SOAK_RSS_GROWTH_GOAL_MB = 5.0  # after warm-up, over the run
 
