@@ -20,10 +20,13 @@ from monitor.instrumentation.pool_listeners import PoolListeners
 from monitor.instrumentation.pool_stats import queue_waiters, read_pool_stats
 from monitor.instrumentation.pools_seen import pools_observed, watch_pools
 from monitor.instrumentation.statements import StatementListeners
+from monitor.state.pgbouncer import PgBouncerHealth, PgBouncerHealthSnapshot
+from monitor.state.pooler import pooler_info, states_by_driver_pid
 from monitor.state.records import PoolSnapshot, PoolStats, to_dict
 from monitor.state.server import ServerHealth, ServerHealthSnapshot
 from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker
+from monitor.state.verdicts import VerdictWindow
 from monitor.state.view import LOCAL_HOSTS, AppInfo, MonitorView, build_view
 from monitor.urls import mask_url
 
@@ -74,18 +77,21 @@ class PoolMonitor:
         slow_query_s: float = 0.5,
         probe_interval_s: float = 5.0,
         probe_timeout_s: float = 2.0,
+        verdict_window_s: float = 900.0,
         pool_name: str | None = None,
         capture_sites: bool = True,
         probe: bool = True,
         dashboard_token: str | None = None,
         url_source: str = "engine",
         probe_url: URL | str | None = None,
+        pgbouncer_url: URL | str | None = None,
     ) -> None:
         for name, value in (
             ("leak_threshold_s", leak_threshold_s),
             ("slow_query_s", slow_query_s),
             ("probe_interval_s", probe_interval_s),
             ("probe_timeout_s", probe_timeout_s),
+            ("verdict_window_s", verdict_window_s),
         ):
             if not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -106,14 +112,22 @@ class PoolMonitor:
             SiteCapture(_library_prefixes(), _parent_greenlet_frame) if capture_sites else None
         )
         self._pool_listeners = PoolListeners(self.tracker, capture, is_async=self.is_async)
-        self._statement_listeners = StatementListeners(self.tracker)
+        self._statement_listeners = StatementListeners(
+            self.tracker,
+            SiteCapture(_library_prefixes(), _parent_greenlet_frame) if capture_sites else None,
+        )
         self._pool_listeners.attach(self.engine)
         self._statement_listeners.attach(self.engine)
         self.server_health = ServerHealth()
+        # Rules fail while their condition held within this window, then clear by themselves.
+        self.verdicts = VerdictWindow(float(verdict_window_s))
         self.url_source = url_source
         # The probe connects on its own: by default to engine.url, unless the app keeps libpq
         # parameters (a socket directory, TLS files) outside the URL and passes the full one.
         self.probe_url: URL = make_url(probe_url) if probe_url is not None else self.engine.url
+        # PgBouncer's admin console (`pgbouncer` database), read on the probe's schedule.
+        self.pgbouncer_url: URL | None = make_url(pgbouncer_url) if pgbouncer_url else None
+        self.pgbouncer_health = PgBouncerHealth() if self.pgbouncer_url is not None else None
         watch_pools(self.engine.pool)
         self._attached = True
         self._background: Any = None
@@ -171,7 +185,8 @@ class PoolMonitor:
         """Pool and server joined, capacity and rule verdicts: what every reader shows.
         `detail=False` leaves out histories, sites and record lists (enough for metrics)."""
         health = self.server_health.snapshot()
-        pool = self.tracker.snapshot(_states(health), detail=detail)
+        pgbouncer = self.pgbouncer_health.snapshot() if self.pgbouncer_health else None
+        pool = self.tracker.snapshot(self._states(health, pgbouncer), detail=detail)
         url = self.probe_url  # the full URL: sslmode and socket host live in its query
         host = url.host or ""
         app = AppInfo(
@@ -181,7 +196,7 @@ class PoolMonitor:
             sslmode=_sslmode(url.query.get("sslmode")),
             pools_observed=pools_observed(),
         )
-        return build_view(pool, self.pool_stats(), health, app)
+        return build_view(pool, self.pool_stats(), health, app, self.verdicts, pgbouncer=pgbouncer)
 
     def snapshot(self) -> dict[str, Any]:
         """The data of `/monitor/api/snapshot`: plain, JSON-serialisable."""
@@ -190,7 +205,21 @@ class PoolMonitor:
 
     def server_states(self) -> dict[int, str | None] | None:
         """pid -> pg_stat_activity.state from the last successful probe (None when stale)."""
-        return _states(self.server_health.snapshot())
+        health = self.server_health.snapshot()
+        return self._states(
+            health, self.pgbouncer_health.snapshot() if self.pgbouncer_health else None
+        )
+
+    def _states(
+        self, health: ServerHealthSnapshot, pgbouncer: PgBouncerHealthSnapshot | None
+    ) -> dict[int, str | None] | None:
+        states = _states(health)
+        info = pooler_info(health, pgbouncer)
+        if states is None or not info.detected:
+            return states
+        # Behind a pooler the drivers' pids are PgBouncer's keys: translate through the join.
+        connections = self.tracker.snapshot(None, detail=False).connections
+        return states_by_driver_pid(connections, info, pgbouncer, states)
 
 
 def _states(health: ServerHealthSnapshot) -> dict[int, str | None] | None:

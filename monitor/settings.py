@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     probe_interval_s: Positive = 5.0
     slow_query_s: Positive = 0.5
     probe_timeout_s: Positive = 2.0
+    verdict_window_s: Positive = 900.0  # how far back a rule's verdict looks
 
     pool_size: Annotated[int, Field(ge=1, le=1000)] = 5
     max_overflow: Annotated[int, Field(ge=0, le=1000)] = 5
@@ -45,6 +46,7 @@ class Settings(BaseSettings):
 
     embedded_data_dir: Path = Path(".data/postgres")
     dashboard_token: str | None = None
+    pgbouncer_url: str | None = None  # PgBouncer's admin console, e.g. .../pgbouncer
     trusted_hosts: str = "127.0.0.1,localhost,::1,testserver"
     demo_hold_ttl_s: Annotated[float, Field(gt=0, le=600)] = 60.0
     demo_background_load: bool = False
@@ -64,7 +66,7 @@ class Settings(BaseSettings):
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         # The URL may carry a password: show it masked in every repr and log line.
         for name, value in super().__repr_args__():
-            if name == "database_url" and value is not None:
+            if name in ("database_url", "pgbouncer_url") and value is not None:
                 value = mask_url(value)
             if name == "dashboard_token" and value is not None:
                 value = "***"

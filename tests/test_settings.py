@@ -50,3 +50,12 @@ def test_mask_url_drops_password_and_query() -> None:
 def test_bare_postgresql_url_means_psycopg2() -> None:
     assert app_url("postgres://u@h/d").drivername == "postgresql+psycopg2"
     assert app_url("postgresql+psycopg2://u@h/d").drivername == "postgresql+psycopg2"
+
+
+def test_pgbouncer_url_from_the_environment_is_masked_in_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MONITOR_PGBOUNCER_URL", "postgresql://stats:s3cret@bouncer:6432/pgbouncer")
+    settings = Settings()
+    assert settings.pgbouncer_url == "postgresql://stats:s3cret@bouncer:6432/pgbouncer"
+    assert "s3cret" not in repr(settings)

@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
-from monitor.instrumentation.backend import backend_pid
+from monitor.instrumentation.backend import backend_pid, socket_address
 from monitor.instrumentation.guard import FailureGuard
 from monitor.state.holders import current_request
 from monitor.state.sites import SiteCapture
@@ -124,7 +124,12 @@ class PoolListeners:
             except BaseException as error:
                 try:
                     timed_out = isinstance(error, sa_exc.TimeoutError)
-                    tracker.wait_failed(clock() - started, timed_out=timed_out)
+                    tracker.wait_failed(
+                        clock() - started,
+                        timed_out=timed_out,
+                        request=request_in_flight(),
+                        site=capture() if timed_out else (),
+                    )
                 except Exception:
                     guard.failed("wait")  # the app gets its own error, never ours
                 raise
@@ -170,7 +175,13 @@ class PoolListeners:
         slot = self._slot(record)
         if slot.pid is None and record.dbapi_connection is not None:
             # connected before the monitor attached: no `connect` event was seen for it
-            self._tracker.connected(slot, backend_pid(record.dbapi_connection), None)
+            dbapi_connection = record.dbapi_connection
+            self._tracker.connected(
+                slot,
+                backend_pid(dbapi_connection),
+                None,
+                address=socket_address(dbapi_connection),
+            )
         tracker = self._tracker
         guard = self._guard
         # Weak references only: a closure holding the record would make a reference cycle
@@ -213,7 +224,12 @@ class PoolListeners:
             # on a pool's first connection it queries the server) is part of the creation.
             started = info.pop(CONNECTING_KEY, None)
             create_s = self._tracker.clock() - started if started is not None else None
-            self._tracker.connected(self._slot(record), backend_pid(dbapi_connection), create_s)
+            self._tracker.connected(
+                self._slot(record),
+                backend_pid(dbapi_connection),
+                create_s,
+                address=socket_address(dbapi_connection),
+            )
         except Exception:
             self._guard.failed("connect")
 

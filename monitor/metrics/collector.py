@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from monitor.metrics import names
+from monitor.metrics.pgbouncer import pgbouncer_families
 from monitor.state.histogram import HistogramSnapshot
 from monitor.state.records import LeakClass
 from monitor.state.server import (
@@ -53,6 +54,8 @@ class MonitorCollector(Collector):
         if monitor.probe_enabled:
             yield from server_families(view)
             yield from probe_families(view.server)
+        if view.pgbouncer is not None:
+            yield from pgbouncer_families(view.pgbouncer)
 
     def describe(self) -> Iterable[Metric]:
         # Registering must not take a view (the monitor may not exist yet).

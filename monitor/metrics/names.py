@@ -65,3 +65,19 @@ STATE_USED: Final = "used"
 STATE_IDLE: Final = "idle"
 INVALIDATION_HARD: Final = "hard"
 INVALIDATION_SOFT: Final = "soft"
+
+# ---- PgBouncer, from its admin console when pgbouncer_url is given (labels database, user) --
+PGBOUNCER_UP: Final = "pool_monitor_pgbouncer_up"
+PGBOUNCER_CLIENTS: Final = "pool_monitor_pgbouncer_clients"  # state: active, waiting
+PGBOUNCER_SERVERS: Final = "pool_monitor_pgbouncer_servers"  # state: active, idle, used, ...
+PGBOUNCER_MAX_WAIT_SECONDS: Final = "pool_monitor_pgbouncer_max_wait_seconds"
+PGBOUNCER_POOL_INFO: Final = "pool_monitor_pgbouncer_pool_info"  # pool_mode label, value 1
+PGBOUNCER_TRANSACTIONS_TOTAL: Final = "pool_monitor_pgbouncer_transactions_total"
+PGBOUNCER_QUERIES_TOTAL: Final = "pool_monitor_pgbouncer_queries_total"
+PGBOUNCER_WAIT_SECONDS_TOTAL: Final = "pool_monitor_pgbouncer_client_wait_seconds_total"
+PGBOUNCER_MAX_CLIENT_CONN: Final = "pool_monitor_pgbouncer_max_client_conn"
+PGBOUNCER_PROBE_ERRORS_TOTAL: Final = "pool_monitor_pgbouncer_probe_errors_total"
+DATABASE: Final = "database"
+USER: Final = "user"
+POOL_MODE: Final = "pool_mode"
+PGBOUNCER_STATE: Final = "state"  # PgBouncer's own words: active, waiting, idle, used, ...

@@ -21,7 +21,7 @@ from monitor.probes.activity import fetch_activity
 from monitor.probes.settings import fetch_settings
 from monitor.socket_deadline import SocketDeadline
 from monitor.state.server import ServerHealth, ServerSample, ServerSettings, short_error
-from monitor.urls import hide_dsn_in_pool_logs, sync_psycopg2_url
+from monitor.urls import hide_dsn_in_pool_logs, probe_psycopg2_url
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,15 @@ class ServerProbe:
         self._deadline: SocketDeadline | None = None
         self._settings: ServerSettings | None = None
         self._settings_read_at = 0.0
+        probe_url, dropped = probe_psycopg2_url(url)
+        if dropped:
+            # Names only: a value may be a secret (sslpassword is kept, never logged).
+            log.warning(
+                "the probe (psycopg2) ignores URL parameters of the app's driver: %s",
+                ", ".join(dropped),
+            )
         self._engine = create_engine(
-            sync_psycopg2_url(url),
+            probe_url,
             pool_size=1,
             max_overflow=0,
             pool_timeout=timeout_s,
@@ -123,20 +130,9 @@ class ServerProbe:
         }
 
     def _on_connect(self, dbapi_connection: Any, _record: Any) -> None:
-        # SET rather than startup `options`: pg_settings.reset_val then still shows the
-        # server's own statement_timeout, which the settings probe reports.
         self._connects += 1
         if self._deadline is not None:
             self._deadline.attach(dbapi_connection)
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(
-                f"SET statement_timeout = {self.statement_timeout_ms}; "
-                f"SET lock_timeout = {self.lock_timeout_ms}"
-            )
-        finally:
-            cursor.close()
-        dbapi_connection.commit()  # psycopg2 opened a transaction; keep the SETs
 
     def _run(self) -> None:
         started = self._monotonic()
@@ -179,12 +175,23 @@ class ServerProbe:
             if not fresh:  # a new connection was attached by the connect event already
                 deadline.attach(conn.connection.dbapi_connection)
             try:
+                # Transaction-scoped: a pooler (PgBouncer in transaction mode) hands the server
+                # session to the app next, and a session-level SET would go with it.
+                conn.exec_driver_sql(
+                    probe_timeouts_sql(self.statement_timeout_ms, self.lock_timeout_ms)
+                )
                 settings = self._current_settings(conn, fresh)
                 activity = fetch_activity(conn)
                 conn.rollback()
+                client_pid = driver_backend_pid(conn.connection.dbapi_connection)
             except BaseException:
                 conn.invalidate()  # whatever went wrong, the next probe starts on a new session
                 raise
+        via_pooler = client_pid is not None and client_pid != activity.probe_pid
+        if via_pooler:
+            # Through a pooler in session mode a kept connection would hold one of its server
+            # slots for good: connect per probe instead (bench/probe_connect.py: its cost).
+            self._engine.pool.dispose()
         return ServerSample(
             taken_at=taken_at,
             duration_s=self._monotonic() - started,
@@ -192,6 +199,7 @@ class ServerProbe:
             backends=activity.backends,
             total_client_sessions=activity.total_client_sessions,
             settings=settings,
+            via_pooler=via_pooler,
         )
 
     def _current_settings(self, conn: Connection, fresh_connection: bool) -> ServerSettings:
@@ -202,6 +210,21 @@ class ServerProbe:
             self._settings = fetch_settings(conn)
             self._settings_read_at = now
         return self._settings
+
+
+def driver_backend_pid(dbapi_connection: Any) -> int | None:
+    """The pid the driver got at login: PgBouncer sends its own random key here, not the server's."""
+    info = getattr(dbapi_connection, "info", None)
+    pid = getattr(info, "backend_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def probe_timeouts_sql(statement_timeout_ms: int, lock_timeout_ms: int) -> str:
+    """The probe's timeouts for its current transaction only (they end with its rollback)."""
+    return (
+        f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
+        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"
+    )
 
 
 def describe_error(exc: BaseException) -> str:

@@ -19,6 +19,13 @@ class LeakClass(StrEnum):
     IDLE = "idle"  # held with no work (across an await, an HTTP call, a forgotten close)
     ACTIVE = "active"  # a long query: slow rather than leaked
     UNKNOWN = "unknown"  # no server data for it (yet)
+    # Behind a pooler that hands server sessions out per transaction (or of unknown mode):
+    # no server session belongs to it, so its server state cannot be known.
+    NO_SERVER_VIEW = "no_server_view"
+
+
+# The server state reported for a pooled connection that has no server session of its own.
+NO_SERVER_SESSION = "<no server session of its own>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,8 @@ class ConnectionView:
     checkouts: int
     leak_class: LeakClass | None
     history: tuple[LifecycleEvent, ...]
+    client_addr: str | None = None  # the app's end of its TCP socket (what a pooler sees)
+    client_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,8 @@ class PoolTimeoutRecord:
     at: float
     waited_s: float
     holders: tuple[ConnectionView, ...]
+    waiter: Holder | None = None  # the request (or thread) that waited and got no connection
+    site: tuple[Frame, ...] = ()  # where it asked for one
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +96,7 @@ class SlowQueryGroup:
     max_s: float
     last_seen_at: float
     last_route: str | None
+    last_site: tuple[Frame, ...] = ()  # the app line that ran it last
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +104,8 @@ class MultiConnectionRequest:
     at: float
     route: str
     request_id: str
-    connections: int
+    connections: int  # the most it held at once
+    sites: tuple[tuple[Frame, ...], ...] = ()  # where each of them was taken, oldest first
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from monitor.state.histogram import (
 )
 from monitor.state.holders import Holder, RequestScope, describe
 from monitor.state.records import (
+    NO_SERVER_SESSION,
     ConnectionView,
     GcReclaim,
     LeakClass,
@@ -54,11 +55,22 @@ HistoryEntry = tuple[float, str, str]
 class Slot:
     """One pool slot (a SQLAlchemy connection record), stable across reconnects."""
 
-    __slots__ = ("checkouts", "connected_at", "cycles", "history", "holding", "id", "leak", "pid")
+    __slots__ = (
+        "address",
+        "checkouts",
+        "connected_at",
+        "cycles",
+        "history",
+        "holding",
+        "id",
+        "leak",
+        "pid",
+    )
 
     def __init__(self, slot_id: int, connected_at: float) -> None:
         self.id = slot_id
         self.pid: int | None = None
+        self.address: tuple[str, int] | None = None  # the app's end of a TCP socket
         self.connected_at = connected_at
         self.holding: Holding | None = None  # set while checked out
         self.checkouts = 0
@@ -158,10 +170,18 @@ class PoolTracker:
     def new_slot(self) -> Slot:
         return Slot(next(self._ids), self._clock())
 
-    def connected(self, slot: Slot, pid: int | None, create_s: float | None) -> None:
+    def connected(
+        self,
+        slot: Slot,
+        pid: int | None,
+        create_s: float | None,
+        *,
+        address: tuple[str, int] | None = None,
+    ) -> None:
         now = self._clock()
         with self._lock:
             slot.pid = pid
+            slot.address = address
             slot.connected_at = now
             self._open[slot.id] = slot
             self._count["connects"] += 1
@@ -182,6 +202,7 @@ class PoolTracker:
                 slot.checkouts = 0
             slot.history.append((now, "close", ""))
             slot.pid = None
+            slot.address = None
 
     def invalidated(self, slot: Slot, *, soft: bool, reason: str) -> None:
         kind = "soft_invalidate" if soft else "invalidate"
@@ -225,7 +246,7 @@ class PoolTracker:
             self._wait_samples.append(waited_s)
         if request is not None:
             request.connections_held += 1
-            if request.connections_held > 1 and not request.multi_flagged:
+            if request.connections_held > 1:
                 self._flag_multi_connection(request)
 
     def checkin(self, slot: Slot, reclaimed: bool = False) -> None:
@@ -263,16 +284,29 @@ class PoolTracker:
     def reset(self, slot: Slot, *, terminated: bool) -> None:
         slot.history.append((self._clock(), "reset", "terminated" if terminated else "rollback"))
 
-    def wait_failed(self, waited_s: float, *, timed_out: bool) -> None:
-        """A caller waited and got no connection (pool timeout, or the connect failed)."""
+    def wait_failed(
+        self,
+        waited_s: float,
+        *,
+        timed_out: bool,
+        request: RequestScope | None = None,
+        site: RawSite = (),
+    ) -> None:
+        """A caller waited and got no connection (pool timeout, or the connect failed);
+        `request` and `site`: who waited and where it asked."""
         self.wait_time.observe(waited_s)
         if timed_out:
-            self._record_timeout(waited_s)
+            self._record_timeout(waited_s, describe(request, threading.get_ident()), site)
 
     # ---- statements --------------------------------------------------------------------------
 
     def slow_query(
-        self, fingerprint: str, statement: str, duration_s: float, route: str | None
+        self,
+        fingerprint: str,
+        statement: str,
+        duration_s: float,
+        route: str | None,
+        site: RawSite = (),
     ) -> None:
         now = self._wall()
         with self._lock:
@@ -281,7 +315,7 @@ class PoolTracker:
             if group is None:
                 if len(self._slow) >= self._max_slow_queries:
                     self._slow.popitem(last=False)  # forget the least recently seen group
-                group = self._slow[fingerprint] = [statement, 0, 0.0, 0.0, now, route]
+                group = self._slow[fingerprint] = [statement, 0, 0.0, 0.0, now, route, site]
             else:
                 self._slow.move_to_end(fingerprint)
             group[1] += 1
@@ -289,6 +323,7 @@ class PoolTracker:
             group[3] = max(group[3], duration_s)
             group[4] = now
             group[5] = route
+            group[6] = site
 
     def statement_error(self) -> None:
         with self._lock:
@@ -363,7 +398,9 @@ class PoolTracker:
                 **self._count,
             )
             slow = tuple(
-                SlowQueryGroup(fp, g[0], g[1], g[2], g[3], g[4], g[5])
+                SlowQueryGroup(
+                    fp, g[0], g[1], g[2], g[3], g[4], g[5], format_site(g[6]) if detail else ()
+                )
                 for fp, g in self._slow.items()
             )
             return PoolSnapshot(
@@ -439,6 +476,8 @@ class PoolTracker:
             checkouts=slot.checkouts,
             leak_class=leak_class,
             history=self._history(slot, holding) if detail else (),
+            client_addr=slot.address[0] if slot.address else None,
+            client_port=slot.address[1] if slot.address else None,
         )
 
     def _history(self, slot: Slot, holding: Holding | None) -> tuple[LifecycleEvent, ...]:
@@ -519,35 +558,54 @@ class PoolTracker:
             holding[1].connections_held -= 1
 
     def _flag_multi_connection(self, request: RequestScope) -> None:
+        """A request holds a second connection (or one more): record it, with every site."""
+        first = not request.multi_flagged
         request.multi_flagged = True
         with self._lock:
-            self._count["multi_connection_requests"] += 1
-            self._multi.appendleft(
-                MultiConnectionRequest(
-                    self._wall(), f"{request.method} {request.route}", request.request_id,
-                    request.connections_held,
+            held = request.connections_held
+            previous = next((m for m in self._multi if m.request_id == request.request_id), None)
+            if not first and (previous is None or previous.connections >= held):
+                return
+            sites = tuple(
+                format_site(holding[3]) for _, holding in self._held() if holding[1] is request
+            )
+            route = f"{request.method} {request.route}"
+            if first:
+                self._count["multi_connection_requests"] += 1
+                self._multi.appendleft(
+                    MultiConnectionRequest(self._wall(), route, request.request_id, held, sites)
                 )
+            elif previous is not None:  # the same request took one more: keep its peak
+                index = self._multi.index(previous)
+                self._multi[index] = MultiConnectionRequest(
+                    previous.at, route, request.request_id, held, sites
+                )
+        if first:
+            log.warning(
+                "request %s holds %d connections at once (one session per request), taken at %s",
+                route, held, " and ".join(str(site[0]) if site else "?" for site in sites),
             )  # fmt: skip
-        log.warning(
-            "request %s %s holds %d connections at once (one session per request)",
-            request.method, request.route, request.connections_held,
-        )  # fmt: skip
 
-    def _record_timeout(self, waited_s: float) -> None:
+    def _record_timeout(self, waited_s: float, waiter: Holder, raw_site: RawSite) -> None:
         now = self._clock()
+        site = format_site(raw_site)
         with self._lock:
             self._count["timeouts"] += 1
             holders = tuple(self._view(slot, now, None) for slot, _ in self._held())
-            self._timeouts.appendleft(PoolTimeoutRecord(self._to_wall(now), waited_s, holders))
+            self._timeouts.appendleft(
+                PoolTimeoutRecord(self._to_wall(now), waited_s, holders, waiter, site)
+            )
         summary = "; ".join(
             f"slot {view.slot_id} {view.holder.route if view.holder else '?'} "
             f"{(view.held_for_s or 0):.1f}s at {view.site[0] if view.site else '?'}"
             for view in holders
         )
         log.warning(
-            "pool %s timed out after %.2f s; holders: %s",
+            "pool %s timed out after %.2f s for %s at %s; holders: %s",
             self.pool_name,
             waited_s,
+            waiter.route,
+            site[0] if site else "unknown site",
             summary or "none",
         )
 
@@ -556,6 +614,8 @@ def classify(server_state: str | None) -> LeakClass:
     """Leak class from pg_stat_activity.state of the held connection's backend."""
     if server_state is None:
         return LeakClass.UNKNOWN
+    if server_state == NO_SERVER_SESSION:
+        return LeakClass.NO_SERVER_VIEW
     if server_state.startswith("idle in transaction"):
         return LeakClass.IDLE_IN_TRANSACTION
     if server_state == "idle":

@@ -8,8 +8,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from monitor.state.pgbouncer import PgBouncerHealthSnapshot
+from monitor.state.pooler import JOIN_NONE, PoolerInfo, pooler_info, server_pids
 from monitor.state.records import ConnectionView, LeakClass, PoolSnapshot, PoolStats
-from monitor.state.server import Backend, ServerHealthSnapshot, seconds_until_killed
+from monitor.state.server import (
+    IDLE_IN_TRANSACTION_STATES,
+    Backend,
+    ServerHealthSnapshot,
+    seconds_until_killed,
+)
+from monitor.state.verdicts import DEFAULT_WINDOW_S, RuleVerdict, VerdictWindow
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "")
 
@@ -22,6 +30,8 @@ class HeldConnection:
     server: Backend | None
     killed_by: str | None  # the server timeout that will end this session first
     killed_in_s: float | None
+    server_pid: int | None = None  # its server session's pid (through a pooler: the joined one)
+    no_server_view: str | None = None  # why no server state can exist for it (a pooler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +42,6 @@ class Capacity:
     used_ratio: float | None  # server_sessions / max_connections: 0-1, the headroom's share
     pool_share_ratio: float | None  # pool_max / server_available
     warning: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RuleVerdict:
-    rule: str
-    status: str  # ok, warn, fail, unknown
-    why: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,38 +67,63 @@ class MonitorView:
     capacity: Capacity
     rules: tuple[RuleVerdict, ...]
     drift: int  # tracker's checked-out count minus the pool's own
+    verdict_window_s: float = DEFAULT_WINDOW_S
+    pooler: PoolerInfo | None = None
+    pgbouncer: PgBouncerHealthSnapshot | None = None  # when its admin console is configured
 
 
 def build_view(
-    pool: PoolSnapshot, stats: PoolStats, server: ServerHealthSnapshot, app: AppInfo
+    pool: PoolSnapshot,
+    stats: PoolStats,
+    server: ServerHealthSnapshot,
+    app: AppInfo,
+    verdicts: VerdictWindow | None = None,
+    *,
+    pgbouncer: PgBouncerHealthSnapshot | None = None,
 ) -> MonitorView:
+    """`verdicts`: keeps each rule failing while its condition held within its window."""
     sample = server.last_sample if server.up else None
     by_pid = {b.pid: b for b in sample.backends} if sample is not None else {}
+    pooler = pooler_info(server, pgbouncer)
+    # Behind a pooler the drivers' pids are not server pids: only joined ones are looked up.
+    pids = server_pids(pool.connections, pooler, pgbouncer)
     held: list[HeldConnection] = []
     for connection in pool.connections:
         if not connection.checked_out:
             continue
-        backend = by_pid.get(connection.pid) if connection.pid is not None else None
+        server_pid = pids.get(connection.slot_id)
+        backend = by_pid.get(server_pid) if server_pid is not None else None
+        checked_out_at = connection.checked_out_at
+        if sample is not None and checked_out_at is not None and sample.taken_at < checked_out_at:
+            backend = None  # sampled before this checkout: the previous holder's state
         timer = seconds_until_killed(backend, sample.settings) if backend and sample else None
         held.append(
             HeldConnection(
-                connection, backend, timer[0] if timer else None, timer[1] if timer else None
+                connection,
+                backend,
+                timer[0] if timer else None,
+                timer[1] if timer else None,
+                server_pid=server_pid,
+                no_server_view=pooler.why_no_join if pooler.join == JOIN_NONE else None,
             )
         )
     held.sort(key=lambda h: h.connection.held_for_s or 0.0, reverse=True)
 
     orphans: tuple[Backend, ...] = ()
     phantoms: tuple[ConnectionView, ...] = ()
-    if sample is not None:
-        known = {c.pid for c in pool.connections if c.pid is not None}
+    if sample is not None and pooler.join != JOIN_NONE:
+        known = {pid for pid in pids.values() if pid is not None}
         names = {by_pid[pid].application_name for pid in known if pid in by_pid}
         orphans = tuple(
             b for b in sample.backends if b.application_name in names and b.pid not in known
         )
+        # Through PgBouncer a client not linked to a server (yet) has no pid to miss.
         phantoms = tuple(
             c
             for c in pool.connections
-            if c.pid is not None and c.pid not in by_pid and c.connected_at < sample.taken_at
+            if pids.get(c.slot_id) is not None
+            and pids[c.slot_id] not in by_pid
+            and c.connected_at < sample.taken_at
         )
     capacity = _capacity(stats, server)
     view = MonitorView(
@@ -109,8 +137,12 @@ def build_view(
         capacity=capacity,
         rules=(),
         drift=pool.checked_out - stats.checked_out,
+        verdict_window_s=verdicts.window_s if verdicts is not None else DEFAULT_WINDOW_S,
+        pooler=pooler,
+        pgbouncer=pgbouncer,
     )
-    return dataclasses.replace(view, rules=evaluate_rules(view))
+    rules = evaluate_rules(view)
+    return dataclasses.replace(view, rules=verdicts.apply(rules) if verdicts else rules)
 
 
 def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
@@ -139,7 +171,7 @@ def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
 
 def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     """A live verdict for each rule of the connection guide, with a one-line why."""
-    pool, stats, counters = view.pool, view.pool_stats, view.pool.counters
+    pool, stats = view.pool, view.pool_stats
     verdicts = []
 
     pools = view.app.pools_observed
@@ -148,26 +180,56 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
                     f"{pools} connection pool(s) seen in this process")
     )  # fmt: skip
 
-    multi = counters.multi_connection_requests
-    last = pool.multi_connection_requests[0].route if pool.multi_connection_requests else ""
-    verdicts.append(
-        RuleVerdict("One session per request", "ok" if multi == 0 else "warn",
-                    "no request held two connections at once" if multi == 0
-                    else f"{multi} request(s) held several connections at once, last {last}")
-    )  # fmt: skip
+    now, window = pool.taken_at, view.verdict_window_s
+    cutoff = now - window
+    recently = f"in the last {_window_text(window)}"
 
-    leaks, gc_reclaimed = len(pool.leaks), counters.gc_reclaimed
-    if leaks == 0 and gc_reclaimed == 0:
+    multi = [m for m in pool.multi_connection_requests if m.at >= cutoff]
+    if not multi:
+        verdicts.append(
+            RuleVerdict("One session per request", "ok",
+                        f"no request held two connections at once {recently}")
+        )  # fmt: skip
+    else:
+        last = multi[0]
         verdicts.append(
             RuleVerdict(
-                "Always close sessions", "ok", "no leak, nothing left to the garbage collector"
+                "One session per request", "warn",
+                f"{len(multi)} request(s) held several connections at once {recently}, "
+                f"last {last.route} ({last.connections})",
+                since=min(m.at for m in multi), last_held_at=max(m.at for m in multi),
+            )
+        )  # fmt: skip
+
+    leaks = len(pool.leaks)
+    reclaims = [r for r in pool.gc_reclaims if r.at >= cutoff]
+    resolved = [
+        r for r in pool.resolved_leaks if r.resolved_at is not None and r.resolved_at >= cutoff
+    ]
+    if leaks == 0 and not reclaims and not resolved:
+        verdicts.append(
+            RuleVerdict(
+                "Always close sessions",
+                "ok",
+                f"no leak, nothing left to the garbage collector {recently}",
             )
         )
     else:
+        parts = []
+        if leaks:
+            parts.append(f"{leaks} connection(s) held past {pool.leak_threshold_s:g} s now")
+        if resolved:
+            parts.append(f"{len(resolved)} suspected leak(s) ended {recently}")
+        if reclaims:
+            parts.append(f"{len(reclaims)} reclaimed by the garbage collector {recently}")
+        began = [leak.detected_at for leak in pool.leaks + tuple(resolved)]
+        began += [r.at for r in reclaims]
+        ended = [r.resolved_at or now for r in resolved] + [r.at for r in reclaims]
         verdicts.append(
-            RuleVerdict("Always close sessions", "fail",
-                        f"{leaks} connection(s) held past {pool.leak_threshold_s:g} s, "
-                        f"{gc_reclaimed} reclaimed by the garbage collector")
+            RuleVerdict(
+                "Always close sessions", "fail", ", ".join(parts),
+                since=min(began), last_held_at=None if leaks else max(ended),
+            )
         )  # fmt: skip
 
     idle_tx = sum(
@@ -177,11 +239,19 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     )
     leaked_tx = sum(1 for leak in pool.leaks if leak.leak_class is LeakClass.IDLE_IN_TRANSACTION)
     status = "ok" if idle_tx == 0 else ("fail" if leaked_tx else "warn")
-    verdicts.append(
-        RuleVerdict("Commit explicitly, handle rollbacks", status,
-                    f"{idle_tx} held connection(s) idle in transaction"
-                    + (f", {leaked_tx} of them past the leak threshold" if leaked_tx else ""))
-    )  # fmt: skip
+    why = f"{idle_tx} held connection(s) idle in transaction" + (
+        f", {leaked_tx} of them past the leak threshold" if leaked_tx else ""
+    )
+    sample = view.server.last_sample if view.server.up else None
+    if view.pooler is not None and view.pooler.join == JOIN_NONE and sample is not None:
+        # No held connection has a server session to look at: say what the server shows.
+        server_idle_tx = sum(1 for b in sample.backends if b.state in IDLE_IN_TRANSACTION_STATES)
+        status = "ok" if server_idle_tx == 0 else "warn"
+        why = (
+            f"{server_idle_tx} server session(s) of {sample.database} idle in transaction; "
+            "behind the pooler they cannot be tied to this pool's connections"
+        )
+    verdicts.append(RuleVerdict("Commit explicitly, handle rollbacks", status, why))
 
     problems = []
     if view.capacity.pool_share_ratio is not None and view.capacity.pool_share_ratio > 1:
@@ -191,26 +261,39 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     if stats.recycle_s is None:
         problems.append("no pool_recycle")
     settings_text = (
-        f"pool_size {stats.size}, max_overflow {stats.max_overflow}, timeout {stats.timeout_s}s, "
-        f"recycle {stats.recycle_s}s, pre_ping {'on' if stats.pre_ping else 'off'}"
+        f"pool_size {stats.size}, max_overflow {stats.max_overflow}, "
+        f"timeout {_seconds(stats.timeout_s)}, recycle {_seconds(stats.recycle_s)}, "
+        f"pre_ping {'on' if stats.pre_ping else 'off'}"
     )
     pool_status = "ok" if not problems else ("fail" if "server" in problems[0] else "warn")
+    timeouts = [t for t in pool.timeouts if t.at >= cutoff]
+    timed_out_at: tuple[float | None, float | None] = (None, None)
+    if timeouts and pool_status == "ok":
+        # An event between two looks: it held from the first timeout to the last one.
+        timed_out_at = (min(t.at for t in timeouts), max(t.at for t in timeouts))
+    if timeouts:
+        pool_status = "fail"
+        problems.insert(0, f"{len(timeouts)} checkout(s) timed out waiting {recently}")
     verdicts.append(
         RuleVerdict(
             "Use the pool",
             pool_status,
-            settings_text + ("; " + "; ".join(problems) if problems else ""),
+            ("; ".join(problems) + "; " if problems else "") + settings_text,
+            since=timed_out_at[0],
+            last_held_at=timed_out_at[1],
         )
     )
     verdicts.append(
         RuleVerdict("Query logging only in development", "warn" if stats.echo else "ok",
                     "echo is on: every statement is logged" if stats.echo else "echo is off")
     )  # fmt: skip
-    slow = len(pool.slow_queries)
+    slow = [g for g in pool.slow_queries if g.last_seen_at >= cutoff]
     verdicts.append(
-        RuleVerdict("Index frequently queried columns", "ok" if slow == 0 else "warn",
-                    f"no statement slower than {pool.slow_query_s:g}s" if slow == 0
-                    else f"{slow} slow statement shape(s); the slowest may need an index")
+        RuleVerdict("Index frequently queried columns", "ok" if not slow else "warn",
+                    f"no statement slower than {pool.slow_query_s:g}s {recently}" if not slow
+                    else f"{len(slow)} slow statement shape(s) {recently}; the slowest may need an index",
+                    since=min((g.last_seen_at for g in slow), default=None),
+                    last_held_at=max((g.last_seen_at for g in slow), default=None))
     )  # fmt: skip
 
     app = view.app
@@ -223,3 +306,15 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
                     + ("" if secure else " (local connection)" if app.host_is_local else " on a remote host"))
     )  # fmt: skip
     return tuple(verdicts)
+
+
+def _seconds(value: float | None) -> str:
+    return "none" if value is None else f"{value:g} s"
+
+
+def _window_text(window_s: float) -> str:
+    if window_s >= 3600 and window_s % 3600 == 0:
+        return f"{window_s / 3600:g} h"
+    if window_s >= 60 and window_s % 60 == 0:
+        return f"{window_s / 60:g} min"
+    return f"{window_s:g} s"

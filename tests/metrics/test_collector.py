@@ -164,14 +164,14 @@ def test_a_leak_past_the_threshold_is_exposed_by_class(engine: Engine, sample: S
     def leaked(leak_class: LeakClass) -> float | None:
         return sample(names.LEAKED_CONNECTIONS, **POOL_LABELS, **{"class": leak_class.value})
 
-    assert [leaked(c) for c in LeakClass] == [0, 0, 0, 0]
+    assert [leaked(c) for c in LeakClass] == [0] * len(LeakClass)
     with holding(engine, 1, in_transaction=True):
         # Threshold 1 s; the sweep after each probe classifies it from pg_stat_activity.
         wait_for(lambda: leaked(LeakClass.IDLE_IN_TRANSACTION), lambda v: v == 1)
         assert sum(leaked(c) or 0 for c in LeakClass) == 1
         total = sample(names.LEAKS_TOTAL, **POOL_LABELS, **{"class": "idle_in_transaction"})
         assert total is not None and total >= 1
-    assert [leaked(c) for c in LeakClass] == [0, 0, 0, 0]
+    assert [leaked(c) for c in LeakClass] == [0] * len(LeakClass)
     assert sum(
         sample(names.LEAKS_TOTAL, **POOL_LABELS, **{"class": c.value}) or 0 for c in LeakClass
     ) == 1  # fmt: skip
