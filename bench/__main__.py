@@ -63,8 +63,14 @@ SCENARIOS: dict[str, Scenario] = {
         lambda args: scrape.poll(*((2, 10) if args.quick else (5, 40))),
     ),
     "probe": Scenario(
-        "What does one probe cost with 300 idle sessions? (median <= 10 ms)",
-        lambda args: probe.probe(rounds=15 if args.quick else 60),
+        "What does one probe cost with 300 idle sessions (median <= 10 ms), or through "
+        "PgBouncer, connecting per probe (--through pgbouncer: median <= 50 ms)?",
+        lambda args: (
+            probe.through_pgbouncer(rounds=15 if args.quick else 60)
+            if args.through == "pgbouncer"
+            else probe.probe(rounds=15 if args.quick else 60)
+        ),
+        needs=(),
     ),
     "soak": Scenario(
         "Does the app stay flat for minutes under load, polling and leaks? (RSS +<= 5 MB)",
@@ -85,6 +91,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="count instead of timing, where the scenario offers it")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="short settings: proves it runs")
     parser.add_argument("--minutes", type=float, help="soak: how long")
+    parser.add_argument("--through", choices=["pgbouncer"], help="probe: through PgBouncer")
     parser.add_argument("--list", action="store_true", help="name the scenarios and stop")
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
