@@ -31,7 +31,7 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     "checkout": Scenario(
         "What does the monitor add to a checkout + checkin? (goal <= 1.30x)",
-        lambda args: pool.checkout(rounds=5 if args.quick else 21),
+        lambda args: pool.checkout(*((5, 500) if args.quick else (21, 4_000))),
         {
             "callgrind": lambda args: pool.checkout_instructions(
                 *((200, 1_200) if args.quick else (1_000, 6_000))
@@ -41,7 +41,7 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "statement": Scenario(
         "What does it add to checkout + SELECT 1 + checkin? (goal <= 1.05x)",
-        lambda args: pool.statement(rounds=40 if args.quick else 315),
+        lambda args: pool.statement(rounds=20 if args.quick else 315),
     ),
     "request": Scenario(
         "What does it cost a served request? (throughput >= 0.97x, p99 +<= 1 ms)",

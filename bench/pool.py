@@ -62,7 +62,7 @@ def alternate(
 ) -> tuple[list[float], float, float]:
     """Per-round ratios measured / bare (the order alternates), and the median us of each."""
     for engine in (bare, measured):  # warm up both pools
-        per_call_us(work, engine, max(block, 500))
+        per_call_us(work, engine, max(block, 200))
     ratios, bare_us, measured_us = [], [], []
     for round_index in range(rounds):
         order = (bare, measured) if round_index % 2 == 0 else (measured, bare)
@@ -97,20 +97,20 @@ class Engines:
         self.shared.close()
 
 
-def checkout(rounds: int = 21) -> list[Verdict]:
+def checkout(rounds: int = 21, block: int = 4_000) -> list[Verdict]:
     engines = Engines()
     try:
         ratios, bare_us, on_us = alternate(
-            engine_cycle, engines.bare, engines.watched, 4_000, rounds
+            engine_cycle, engines.bare, engines.watched, block, rounds
         )
         pool, pool_bare, pool_on = alternate(
-            pool_cycle, engines.bare, engines.watched, 4_000, rounds
+            pool_cycle, engines.bare, engines.watched, block, rounds
         )
     finally:
         engines.close()
     result = judge("checkout", [[r] for r in ratios], CHECKOUT_GOAL, at_least=False, digits=3)
     print(f"engine.connect()+close(): bare {bare_us:.2f} us, monitored {on_us:.2f} us, "
-          f"ratio {result.figure} over {rounds} alternating rounds")  # fmt: skip
+          f"ratio {result.figure} over {rounds} alternating rounds of {block}")  # fmt: skip
     print(f"pool.connect()+close() (for scale): bare {pool_bare:.2f} us, monitored "
           f"{pool_on:.2f} us, ratio {statistics.median(pool):.3f}")  # fmt: skip
     return [result]
