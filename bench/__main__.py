@@ -59,8 +59,13 @@ SCENARIOS: dict[str, Scenario] = {
         lambda args: scrape.scrape(rounds=20 if args.quick else 200),
     ),
     "poll": Scenario(
-        "What does an open dashboard cost the app? (<= 1% of a core)",
-        lambda args: scrape.poll(*((2, 10) if args.quick else (5, 40))),
+        "What does an open dashboard cost the app (<= 1% of a core), also with many server "
+        "sessions (--sessions 400)?",
+        lambda args: (
+            scrape.poll_with_sessions(args.sessions, polls=5 if args.quick else 20)
+            if args.sessions
+            else scrape.poll(*((2, 10) if args.quick else (5, 40)))
+        ),
     ),
     "probe": Scenario(
         "What does one probe cost with 300 idle sessions (median <= 10 ms), or through "
@@ -91,6 +96,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="count instead of timing, where the scenario offers it")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="short settings: proves it runs")
     parser.add_argument("--minutes", type=float, help="soak: how long")
+    parser.add_argument("--sessions", type=int, help="poll: idle server sessions to list")
     parser.add_argument("--through", choices=["pgbouncer"], help="probe: through PgBouncer")
     parser.add_argument("--list", action="store_true", help="name the scenarios and stop")
     args = parser.parse_args(argv)

@@ -5,26 +5,35 @@ tracked connections, 600 of them leaked, 10,000 slow statements) joined with a l
 sample of 1,000 backends; `generate_latest` is timed, the view taken inside. Goal: median
 <= 20 ms. No database needed.
 poll: the served demo app's CPU per dashboard poll, from /proc. Goal: an open dashboard takes
-<= 1% of a core.
+<= 1% of a core. `--sessions N`: the same goal with N idle server sessions listed (capped).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
+from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from bench.interval import Verdict, judge
 from bench.served import READ, cpu_seconds, crud_cases, served
+from monitor.app import create_app
+from monitor.embedded import EmbeddedPostgres
 from monitor.metrics.collector import MonitorCollector
 from monitor.pool_monitor import PoolMonitor
 from monitor.selftest import DEMO_HEADERS
+from monitor.settings import Settings
 from monitor.state.holders import RequestScope
 from monitor.state.records import PoolStats
 from monitor.state.server import (
@@ -253,3 +262,52 @@ def poll(rounds: int = 5, polls: int = 40) -> list[Verdict]:
           f"poll costs {medians['combined'] / medians['CRUD read']:.1f} CRUD reads")  # fmt: skip
     share = [[ms / (POLL_INTERVAL_S * 1000) * 100] for ms in per_way["combined"]]
     return [judge("poll", share, POLL_GOAL_PERCENT, at_least=False, digits=2, unit="% of a core")]
+
+
+def poll_with_sessions(sessions: int = 400, polls: int = 20) -> list[Verdict]:
+    """The combined poll and the JSON snapshot with `sessions` idle server sessions under the
+    app's application_name (orphans, the worst case: each a listed row; the lists are capped
+    at 50), on a private embedded PostgreSQL; client and app in this process (CPU of both)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="pm-bench-", dir="/tmp"))
+    server = EmbeddedPostgres(data_dir)
+    url = server.start()
+    try:
+        admin = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER SYSTEM SET max_connections = {sessions + 50}"))
+        admin.dispose()
+        server.stop("fast")
+        server.restart()
+        settings = Settings(database_url=url.render_as_string(hide_password=False))
+        sessions_engine = create_engine(
+            url, poolclass=NullPool, connect_args={"application_name": settings.application_name}
+        )
+        held = [sessions_engine.connect() for _ in range(sessions)]
+        try:
+            with TestClient(create_app(settings)) as client:
+                deadline = time.monotonic() + 60
+                lists: Any = {}
+                while time.monotonic() < deadline:
+                    lists = client.get("/monitor/api/snapshot").json().get("session_lists", {})
+                    if lists.get("orphans", {}).get("total", 0) >= sessions:
+                        break
+                    time.sleep(0.5)
+                snapshot = client.get("/monitor/api/snapshot")
+                sizes, cpu_ms = [], []
+                for _ in range(polls):
+                    started = time.process_time()
+                    sizes.append(len(client.get("/monitor/partials").content))
+                    cpu_ms.append((time.process_time() - started) * 1000)
+        finally:
+            for conn in held:
+                conn.close()
+            sessions_engine.dispose()
+    finally:
+        server.close()  # stops the server: this process started it
+        shutil.rmtree(data_dir, ignore_errors=True)
+    print(f"{sessions} sessions: snapshot {len(snapshot.content) / 1024:.1f} KiB, poll "
+          f"{max(sizes) / 1024:.1f} KiB, {statistics.median(cpu_ms):.1f} ms CPU per poll; "
+          f"lists: {lists}")  # fmt: skip
+    share = [[ms / (POLL_INTERVAL_S * 1000) * 100] for ms in cpu_ms]
+    name = f"poll, {sessions} server sessions"
+    return [judge(name, share, POLL_GOAL_PERCENT, at_least=False, digits=2, unit="% of a core")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sysconfig
 from collections.abc import AsyncIterator, Callable
@@ -24,10 +25,12 @@ from monitor.state.pgbouncer import PgBouncerHealth, PgBouncerHealthSnapshot
 from monitor.state.pooler import pooler_info, states_by_driver_pid
 from monitor.state.records import PoolSnapshot, PoolStats, to_dict
 from monitor.state.server import ServerHealth, ServerHealthSnapshot
+from monitor.state.session_cap import capped_view
 from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker
 from monitor.state.verdicts import VerdictWindow
 from monitor.state.view import LOCAL_HOSTS, AppInfo, MonitorView, build_view
+from monitor.state.visibility import visibility
 from monitor.urls import mask_url
 
 if TYPE_CHECKING:
@@ -93,7 +96,7 @@ class PoolMonitor:
             ("probe_timeout_s", probe_timeout_s),
             ("verdict_window_s", verdict_window_s),
         ):
-            if not isinstance(value, int | float) or not value > 0:
+            if not isinstance(value, int | float) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.engine: Engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         self.is_async = isinstance(engine, AsyncEngine)
@@ -199,8 +202,12 @@ class PoolMonitor:
         return build_view(pool, self.pool_stats(), health, app, self.verdicts, pgbouncer=pgbouncer)
 
     def snapshot(self) -> dict[str, Any]:
-        """The data of `/monitor/api/snapshot`: plain, JSON-serialisable."""
-        result: dict[str, Any] = to_dict(self.view())
+        """The data of `/monitor/api/snapshot`: plain, JSON-serialisable; session lists capped
+        (`session_lists` states the cap and counts the rest by state)."""
+        view, caps = capped_view(self.view())
+        result: dict[str, Any] = to_dict(view)
+        result["session_lists"] = caps
+        result["server_visibility"] = visibility(view.server)
         return result
 
     def server_states(self) -> dict[int, str | None] | None:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
+from monitor.privileges import missing_privilege
 from monitor.probes.activity import fetch_activity
 from monitor.probes.settings import fetch_settings
 from monitor.socket_deadline import SocketDeadline
@@ -155,7 +156,13 @@ class ServerProbe:
             self.health.record_failure(error, duration_s)
             # Log the transition once, not every tick of an outage.
             if self._last_up is not False:
-                log.warning("database unreachable for the probe (%.3f s): %s", duration_s, error)
+                privilege = missing_privilege(exc)
+                if privilege is not None:
+                    log.warning("the probe's role lacks %s: %s", privilege, error)
+                else:
+                    log.warning(
+                        "database unreachable for the probe (%.3f s): %s", duration_s, error
+                    )
             self._last_up = False
             return
         finally:
@@ -235,4 +242,8 @@ def describe_error(exc: BaseException) -> str:
     message = message.split("[SQL:", 1)[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     first = lines[0] if lines else ""
-    return short_error(f"{type(original).__name__}: {first}" if first else type(original).__name__)
+    kind = type(original).__name__
+    privilege = missing_privilege(exc)
+    if privilege is not None:  # first: the message may be cut at its end
+        kind = f"{kind} (the probe's role needs {privilege})"
+    return short_error(f"{kind}: {first}" if first else kind)

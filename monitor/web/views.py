@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from monitor.state.records import LeakClass, PoolTimeoutRecord
 from monitor.state.verdicts import RuleVerdict
 from monitor.state.view import HeldConnection, MonitorView
+from monitor.state.visibility import incomplete_note
 from monitor.web.formatting import (
     NOTHING,
     STATUS_LABELS,
@@ -877,12 +878,7 @@ def build_probe(view: MonitorView, ctx: RenderContext) -> ProbePanel:
     last_error = None
     if server.last_error is not None:
         last_error = f"{server.last_error} ({ago(server.last_error_at, now)})"
-    hidden_note = None
-    if server.hidden_queries:
-        hidden_note = (
-            f"{server.hidden_queries} session(s) hide their query text from the probe's role; "
-            "grant it pg_read_all_stats to see them"
-        )
+    hidden_note = incomplete_note(server)
     line = (
         f"last success {ago(server.last_success_at, now)}, "
         f"{duration(durations[-1]) if durations else NOTHING}; "
