@@ -19,7 +19,7 @@ from monitor.embedded import EmbeddedPostgres
 from monitor.errors import install_error_handlers
 from monitor.instrumentation.pools_seen import ignore_pool
 from monitor.pool_monitor import PoolMonitor
-from monitor.settings import Settings
+from monitor.settings import Settings, parse_route_ceilings
 from monitor.urls import app_url, hide_dsn_in_pool_logs, mask_url
 from monitor.web.auth import TokenGate
 from monitor.web.body_limit import BodyLimit
@@ -95,6 +95,9 @@ def _attach_monitor(
         slow_query_s=settings.slow_query_s,
         probe_interval_s=settings.probe_interval_s,
         probe_timeout_s=settings.probe_timeout_s,
+        long_hold_ceiling_s=settings.long_hold_ceiling_s,
+        long_hold_routes=parse_route_ceilings(settings.long_hold_routes),
+        idle_in_transaction_min_s=settings.idle_in_transaction_min_s,
         verdict_window_s=settings.verdict_window_s,
         dashboard_token=settings.dashboard_token,
         url_source=url_source,

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import sysconfig
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from monitor.instrumentation.pool_listeners import PoolListeners
-from monitor.instrumentation.pool_stats import queue_waiters, read_pool_stats
+from monitor.instrumentation.pool_stats import pool_checked_out, queue_waiters, read_pool_stats
 from monitor.instrumentation.pools_seen import pools_observed, watch_pools
 from monitor.instrumentation.statements import StatementListeners
 from monitor.state.pgbouncer import PgBouncerHealth, PgBouncerHealthSnapshot
@@ -87,6 +87,9 @@ class PoolMonitor:
         dashboard_token: str | None = None,
         url_source: str = "engine",
         probe_url: URL | str | None = None,
+        long_hold_ceiling_s: float | None = None,
+        long_hold_routes: Mapping[str, float] | None = None,
+        idle_in_transaction_min_s: float = 1.0,
         pgbouncer_url: URL | str | None = None,
     ) -> None:
         for name, value in (
@@ -94,6 +97,9 @@ class PoolMonitor:
             ("slow_query_s", slow_query_s),
             ("probe_interval_s", probe_interval_s),
             ("probe_timeout_s", probe_timeout_s),
+            ("idle_in_transaction_min_s", idle_in_transaction_min_s),
+            *((("long_hold_ceiling_s", long_hold_ceiling_s),) if long_hold_ceiling_s else ()),
+            *(("long_hold_routes", ceiling) for ceiling in (long_hold_routes or {}).values()),
             ("verdict_window_s", verdict_window_s),
         ):
             if not isinstance(value, int | float) or not 0 < value < math.inf:
@@ -110,6 +116,10 @@ class PoolMonitor:
             leak_threshold_s=float(leak_threshold_s),
             slow_query_s=float(slow_query_s),
             waiters=partial(queue_waiters, self.engine),
+            long_hold_ceiling_s=long_hold_ceiling_s,
+            long_hold_routes=long_hold_routes,
+            idle_in_transaction_min_s=float(idle_in_transaction_min_s),
+            pool_checked_out=partial(pool_checked_out, self.engine),
         )
         capture = (
             SiteCapture(_library_prefixes(), _parent_greenlet_frame) if capture_sites else None
@@ -134,6 +144,14 @@ class PoolMonitor:
         watch_pools(self.engine.pool)
         self._attached = True
         self._background: Any = None
+
+    @staticmethod
+    def long_hold(ceiling_s: float) -> Callable[[], Any]:
+        """Route dependency: this route may hold a connection up to `ceiling_s`
+        (`dependencies=[Depends(monitor.long_hold(120))]`)."""
+        from monitor.instrumentation.attribution import allow_long_hold
+
+        return allow_long_hold(ceiling_s)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     verdict_window_s: Annotated[float, seconds(10, 7 * 86_400)] = (
         900.0  # how far back a rule's verdict looks
     )
+    # A live owner holding a connection longer is a suspected leak however busy (default 10x
+    # the leak threshold); routes listed as "TEMPLATE=SECONDS,..." declare their own ceiling.
+    long_hold_ceiling_s: Annotated[float, seconds(0.1, 7 * 86_400)] | None = None
+    long_hold_routes: str = ""
+    # The commit rule ignores connections idle in transaction for less (between statements).
+    idle_in_transaction_min_s: Annotated[float, seconds(0.001, 86_400)] = 1.0
 
     pool_size: Annotated[int, Field(ge=1, le=1000)] = 5
     max_overflow: Annotated[int, Field(ge=0, le=1000)] = 5
@@ -87,6 +93,12 @@ class Settings(BaseSettings):
             "or postgres://"
         )
 
+    @field_validator("long_hold_routes")
+    @classmethod
+    def _route_ceilings(cls, value: str) -> str:
+        parse_route_ceilings(value)  # raises ValueError with the offending entry
+        return value
+
     @property
     def trusted_host_list(self) -> list[str]:
         return [host.strip() for host in self.trusted_hosts.split(",") if host.strip()]
@@ -99,3 +111,22 @@ class Settings(BaseSettings):
             if name == "dashboard_token" and value is not None:
                 value = "***"
             yield name, value
+
+
+def parse_route_ceilings(value: str) -> dict[str, float]:
+    """`"/reports/{id}=120,/stream=30"` -> {route template: ceiling in seconds}."""
+    ceilings: dict[str, float] = {}
+    for entry in value.split(","):
+        if not entry.strip():
+            continue
+        route, sep, seconds = entry.strip().rpartition("=")
+        try:
+            ceiling = float(seconds)
+        except ValueError:
+            ceiling = 0.0
+        if not sep or not route.startswith("/") or not ceiling > 0:
+            raise ValueError(
+                f"long_hold_routes: expected /route/{{template}}=SECONDS, got {entry!r}"
+            )
+        ceilings[route] = ceiling
+    return ceilings

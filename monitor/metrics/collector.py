@@ -127,7 +127,7 @@ def pool_families(view: MonitorView) -> Iterator[Metric]:
     current = Counter(leak.leak_class.value for leak in pool.leaks)
     leaked = GaugeMetricFamily(
         names.LEAKED_CONNECTIONS,
-        "Connections held past the leak threshold right now, by what the server sees them do.",
+        "Suspected leaks right now: outlived_owner, or what the server sees them do.",
         labels=[names.POOL_NAME, names.CLASS],
     )
     leaks_total = CounterMetricFamily(
@@ -144,6 +144,18 @@ def pool_families(view: MonitorView) -> Iterator[Metric]:
     yield leaked
     yield leaks_total
 
+    yield _gauge(
+        names.LONG_HOLDS,
+        "Connections held past the leak threshold right now by a live owner still using them.",
+        labels,
+        len(pool.long_holds),
+    )
+    yield _counter(
+        names.LONG_HOLDS_TOTAL,
+        "Holds that passed the leak threshold while their owner was alive and using them.",
+        labels,
+        counters.long_holds,
+    )
     yield _counter(
         names.GC_RECLAIMED_TOTAL,
         "Checked-out connections returned to the pool by the garbage collector (never closed).",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from monitor.state.pgbouncer import PgBouncerHealthSnapshot
 from monitor.state.pooler import JOIN_NONE, PoolerInfo, pooler_info, server_pids
-from monitor.state.records import ConnectionView, LeakClass, PoolSnapshot, PoolStats
+from monitor.state.records import ConnectionView, PoolSnapshot, PoolStats
 from monitor.state.server import (
     IDLE_IN_TRANSACTION_STATES,
     Backend,
@@ -136,7 +136,11 @@ def build_view(
         phantoms=phantoms,
         capacity=capacity,
         rules=(),
-        drift=pool.checked_out - stats.checked_out,
+        drift=(
+            pool.accounting_drift
+            if pool.accounting_drift is not None
+            else pool.checked_out - stats.checked_out
+        ),
         verdict_window_s=verdicts.window_s if verdicts is not None else DEFAULT_WINDOW_S,
         pooler=pooler,
         pgbouncer=pgbouncer,
@@ -185,10 +189,14 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     recently = f"in the last {_window_text(window)}"
 
     multi = [m for m in pool.multi_connection_requests if m.at >= cutoff]
+    # Connections of several pools in one request (a read/write split): said, not a violation.
+    split = sum(1 for m in pool.multi_pool_requests if m.at >= cutoff)
+    pools_used = f"; {split} request(s) used several pools" if split else ""
     if not multi:
         verdicts.append(
             RuleVerdict("One session per request", "ok",
-                        f"no request held two connections at once {recently}")
+                        f"no request held two connections of the pool at once {recently}"
+                        + pools_used)
         )  # fmt: skip
     else:
         last = multi[0]
@@ -196,7 +204,7 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
             RuleVerdict(
                 "One session per request", "warn",
                 f"{len(multi)} request(s) held several connections at once {recently}, "
-                f"last {last.route} ({last.connections})",
+                f"last {last.route} ({last.connections})" + pools_used,
                 since=min(m.at for m in multi), last_held_at=max(m.at for m in multi),
             )
         )  # fmt: skip
@@ -217,7 +225,7 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     else:
         parts = []
         if leaks:
-            parts.append(f"{leaks} connection(s) held past {pool.leak_threshold_s:g} s now")
+            parts.append(f"{leaks} suspected leak(s) now")
         if resolved:
             parts.append(f"{len(resolved)} suspected leak(s) ended {recently}")
         if reclaims:
@@ -232,24 +240,39 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
             )
         )  # fmt: skip
 
-    idle_tx = sum(
-        1
+    # Between two statements of one transaction a connection is idle in transaction for
+    # milliseconds: only those idle that way for the minimum age count.
+    min_age = pool.idle_in_transaction_min_s
+    idle_in_tx = [
+        h
         for h in view.held
-        if h.server is not None and (h.server.state or "").startswith("idle in transaction")
-    )
-    leaked_tx = sum(1 for leak in pool.leaks if leak.leak_class is LeakClass.IDLE_IN_TRANSACTION)
+        if h.server is not None
+        and (h.server.state or "").startswith("idle in transaction")
+        and (h.server.state_age_s or 0.0) >= min_age
+    ]
+    idle_ages = [h.server.state_age_s or 0.0 for h in idle_in_tx if h.server is not None]
+    idle_tx = len(idle_ages)
+    # Suspected leaks among them, whatever their class (one that outlived its request too).
+    leaked_tx = sum(1 for h in idle_in_tx if h.connection.leak_class is not None)
     status = "ok" if idle_tx == 0 else ("fail" if leaked_tx else "warn")
-    why = f"{idle_tx} held connection(s) idle in transaction" + (
-        f", {leaked_tx} of them past the leak threshold" if leaked_tx else ""
+    why = (
+        f"{idle_tx} held connection(s) idle in transaction for {min_age:g} s or more"
+        + (f" (oldest {max(idle_ages):.1f} s)" if idle_ages else "")
+        + (f", {leaked_tx} of them suspected leaks" if leaked_tx else "")
     )
     sample = view.server.last_sample if view.server.up else None
     if view.pooler is not None and view.pooler.join == JOIN_NONE and sample is not None:
         # No held connection has a server session to look at: say what the server shows.
-        server_idle_tx = sum(1 for b in sample.backends if b.state in IDLE_IN_TRANSACTION_STATES)
+        server_idle_tx = sum(
+            1
+            for b in sample.backends
+            if b.state in IDLE_IN_TRANSACTION_STATES and (b.state_age_s or 0.0) >= min_age
+        )
         status = "ok" if server_idle_tx == 0 else "warn"
         why = (
-            f"{server_idle_tx} server session(s) of {sample.database} idle in transaction; "
-            "behind the pooler they cannot be tied to this pool's connections"
+            f"{server_idle_tx} server session(s) of {sample.database} idle in transaction "
+            f"for {min_age:g} s or more; behind the pooler they cannot be tied to this pool's "
+            "connections"
         )
     verdicts.append(RuleVerdict("Commit explicitly, handle rollbacks", status, why))
 

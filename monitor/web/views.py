@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from monitor.state.records import LeakClass, PoolTimeoutRecord
+from monitor.state.server import Backend
 from monitor.state.verdicts import RuleVerdict
 from monitor.state.view import HeldConnection, MonitorView
 from monitor.state.visibility import incomplete_note
@@ -43,6 +44,7 @@ from monitor.web.render_context import RenderContext
 from monitor.web.server_panels import build_blocking, build_orphans, build_server
 
 LEAK_LABELS = {
+    LeakClass.OUTLIVED_OWNER: "outlived its owner",
     LeakClass.IDLE_IN_TRANSACTION: "idle in transaction",
     LeakClass.IDLE: "idle but held",
     LeakClass.ACTIVE: "active long query",
@@ -50,6 +52,7 @@ LEAK_LABELS = {
     LeakClass.NO_SERVER_VIEW: "held, behind a pooler (no server session of its own)",
 }
 LEAK_STATUS = {
+    LeakClass.OUTLIVED_OWNER: "fail",
     LeakClass.IDLE_IN_TRANSACTION: "fail",
     LeakClass.IDLE: "warn",
     LeakClass.ACTIVE: "warn",
@@ -395,7 +398,7 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
         request_id=request_id_label(conn.holder),
         age=duration(conn.held_for_s),
         status=LEAK_STATUS[leak] if leak else "ok",
-        leak=LEAK_LABELS[leak] if leak else "",
+        leak=_leak_label(leak, backend),
         server_state=server_state,
         wait_event=wait_event,
         xact_age=xact_age,
@@ -403,6 +406,15 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
         query_hidden=backend.query_hidden if backend is not None else False,
         kill=kill,
     )
+
+
+def _leak_label(leak: LeakClass | None, backend: Backend | None) -> str:
+    """The leak's class; one that outlived its owner also says what the server sees it do."""
+    if leak is None:
+        return ""
+    if leak is LeakClass.OUTLIVED_OWNER and backend is not None and backend.state:
+        return f"{LEAK_LABELS[leak]}, {backend.state}"
+    return LEAK_LABELS[leak]
 
 
 def _age_range(ages: Sequence[float | None]) -> str:
@@ -469,7 +481,11 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
         summary = f"{total} of {view.pool_stats.max_connections} connection(s) checked out"
         if suspects:
             summary += f"; {suspects} of them under suspected leaks, above"
-    note = f"held longer than {duration(view.pool.leak_threshold_s)}: a suspected leak"
+    note = (
+        "a connection still held when its owner finished is a leak; one held longer than "
+        f"{duration(view.pool.leak_threshold_s)} is a long hold, a suspected leak once unused "
+        "that long or held past its ceiling"
+    )
     return HeldPanel(groups, summary, note, not groups, freshness(view, server=True))
 
 
