@@ -18,8 +18,10 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/pool-monitor serve
 
+# Two workers (pytest-xdist), each on a database of its own; TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check monitor tests bench
@@ -30,20 +32,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix monitor tests bench
 	$(BIN)/ruff format monitor tests bench
 
+# The default scenarios (python -m bench --list names them all); BENCH_ARGS="--quick" for a short
+# run, "--instrument callgrind" for the counted variants (needs valgrind).
 bench: $(STAMP)
-	$(BIN)/python bench/checkout.py
-	if command -v valgrind >/dev/null; then $(BIN)/python bench/checkout_instructions.py; \
-	else echo "bench/checkout_instructions.py skipped: no valgrind"; fi
-	$(BIN)/python bench/scrape.py
-	$(BIN)/python bench/probe.py
-	$(BIN)/python bench/dashboard_poll.py
-	$(BIN)/python bench/overhead.py
-	$(BIN)/python bench/overhead_inprocess.py
-	$(BIN)/python bench/overhead_bytecodes.py
-	if command -v valgrind >/dev/null; then $(BIN)/python bench/overhead_instructions.py; \
-	else echo "bench/overhead_instructions.py skipped: no valgrind"; fi
-	if command -v valgrind >/dev/null; then $(BIN)/python bench/overhead_parts.py; \
-	else echo "bench/overhead_parts.py skipped: no valgrind"; fi
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # SQLAlchemy's own tests (pool, reconnect, execute, transaction, asyncio) without and with a
 # monitor on every engine, on sqlite, psycopg2 and asyncpg; prints counts and any difference.

@@ -1,0 +1,1 @@
+"""Benchmarks of what the monitor costs; run them with `python -m bench` (see bench/__main__.py)."""

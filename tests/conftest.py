@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
 from monitor.app import create_app
 from monitor.embedded import EmbeddedPostgres
@@ -45,13 +46,33 @@ def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPo
 
 
 @pytest.fixture(scope="session")
-def database_url(request: pytest.FixtureRequest) -> URL:
-    """The server under test: DATABASE_URL when set (CI: local PostgreSQL 15), else embedded."""
+def database_url(request: pytest.FixtureRequest) -> Iterator[URL]:
+    """The server under test: DATABASE_URL when set (CI: local PostgreSQL 15), else embedded.
+
+    Under pytest-xdist each worker gets a database of its own on the configured server
+    (`<database>_<worker>`, dropped at the end), so no test sees another worker's sessions."""
     raw = os.environ.get("DATABASE_URL")
-    if raw:
-        return make_url(raw).set(drivername="postgresql+psycopg2")
-    server: EmbeddedPostgres = request.getfixturevalue("embedded_pg")
-    return server.url()
+    if not raw:
+        server: EmbeddedPostgres = request.getfixturevalue("embedded_pg")
+        yield server.url()
+        return
+    configured = make_url(raw).set(drivername="postgresql+psycopg2")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        yield configured
+        return
+    name = f"{configured.database}_{worker}"
+    admin = create_engine(configured, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        # A run killed before its teardown leaves the database behind: start afresh.
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield configured.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(params=["configured", "embedded"])

@@ -1,4 +1,4 @@
-"""The fixed-rate load of `bench/overhead.py`, against small loopback servers with known timing."""
+"""The fixed-rate load of `python -m bench request`, against small loopback servers with known timing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bench.fixed_rate import FixedRateResult, fixed_rate
+from bench.served import FixedRateResult, fixed_rate
 
 Handler = Callable[[bytes, bytes], Awaitable[tuple[int, bytes]]]
 

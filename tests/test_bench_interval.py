@@ -1,4 +1,4 @@
-"""The bootstrap interval and verdict that `bench/overhead.py` prints next to its medians."""
+"""The bootstrap interval and verdicts every `python -m bench` scenario prints."""
 
 from __future__ import annotations
 

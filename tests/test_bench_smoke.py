@@ -4,97 +4,86 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy.engine import URL
 
-from bench import checkout_instructions
-from bench.overhead import at_fixed_rate, crud_cases, free_port, start_app, stop_app
-from bench.overhead_instructions import send_requests
-from bench.parts_app import ENABLED_PARTS, create_part_app
-from bench.toggle_app import create_toggled_app
-from monitor.instrumentation.attribution import AttributionMiddleware
+from bench import pool
+from bench.served import at_fixed_rate, crud_cases, free_port, send_requests, start_app, stop_app
 from tests.conftest import url_string
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(*args: str, database_url: URL, timeout_s: float = 220) -> str:
+    env = {**os.environ, "DATABASE_URL": url_string(database_url)}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
-    ("script", "expected"),
+    ("args", "expected"),
     [
-        ("scrape.py", "median full scrape"),
-        ("group_scrape.py", "median GET /metrics"),
-        ("checkout.py", "(b)"),
-        ("dashboard_poll.py", "per panel / combined"),
-        ("overhead_bytecodes.py", "monitor/state/tracker.py"),
+        (("scrape", "--quick"), "| scrape | "),
+        (("checkout", "statement", "--quick"), "| statement | "),
+        (("poll", "--quick"), "per panel / combined"),
+        (("poll", "--sessions", "20", "--quick"), "'orphans': {'cap': 50, 'total': 20"),
+        (("probe", "--through", "pgbouncer", "--quick"), "| probe through PgBouncer | "),
+        (("request", "--instrument", "bytecodes", "--quick"), "monitor/state/tracker.py"),
+        (("workers", "--quick"), "| workers /metrics (8 x 200 connections) | "),
     ],
 )
-def test_benchmark_runs(script: str, expected: str, database_url: URL) -> None:
-    env = {
-        **os.environ,
-        "BENCH_ROUNDS": "3",
-        "BENCH_REQUESTS": "10",
-        "DATABASE_URL": url_string(database_url),
-    }
+def test_scenario_runs_and_ends_with_a_verdict(
+    args: tuple[str, ...], expected: str, database_url: URL
+) -> None:
+    output = run_bench(*args, database_url=database_url)
+    assert expected in output
+    # Every summary line carries one of the three verdicts.
+    rows = [line for line in output.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) >= 2  # the header and at least one scenario
+    assert all(re.search(r"\| (met|missed|not resolved) \|$", row) for row in rows[1:]), rows
+
+
+def test_the_entry_point_names_its_scenarios_and_refuses_unknown_ones(database_url: URL) -> None:
+    listing = run_bench("--list", database_url=database_url)
+    for name in ("checkout", "statement", "request", "scrape", "poll", "probe", "soak"):
+        assert re.search(rf"^{name} ", listing, re.M), listing
     result = subprocess.run(
-        [sys.executable, str(BENCH / script)], env=env, capture_output=True, text=True, timeout=220
+        [sys.executable, "-m", "bench", "everything"], cwd=ROOT, capture_output=True, text=True
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert expected in result.stdout
+    assert result.returncode == 2 and "unknown scenario everything" in result.stderr
 
 
-@pytest.mark.parametrize("mode", ["bare", "monitored, site capture off", "monitored"])
-def test_instruction_benchmark_programs_run(mode: str, database_url: URL) -> None:
+@pytest.mark.parametrize("mode", pool.CYCLE_MODES)
+def test_checkout_instruction_programs_run(mode: str, database_url: URL) -> None:
     # valgrind makes the real run take minutes: here each generated program runs plain, briefly.
-    program = checkout_instructions.cycle_program(mode, 20).replace(
-        repr(checkout_instructions.URL), repr(url_string(database_url))
-    )
+    program = pool.cycle_program(mode, 20, url_string(database_url))
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_the_toggled_benchmark_app_detaches_and_reattaches_the_monitor(
+@pytest.mark.timeout(120)
+def test_request_drivers_load_the_served_app(
     database_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DATABASE_URL", url_string(database_url))
-    previous = signal.getsignal(signal.SIGUSR1)
-    try:
-        app = create_toggled_app()
-        with TestClient(app) as client:
-            engine = app.state.engine
-            first = app.state.pool_monitor
-            assert "_do_get" in vars(engine.pool)  # attached: the checkout wrapper is in place
-            signal.raise_signal(signal.SIGUSR1)
-            assert app.state.pool_monitor is None and "_do_get" not in vars(engine.pool)
-            assert client.get("/healthz").status_code == 200
-            signal.raise_signal(signal.SIGUSR1)
-            second = app.state.pool_monitor
-            assert second is not None and second is not first
-            with engine.connect():
-                pass
-            assert second.tracker.snapshot().counters.checkouts == 1
-            second.detach()
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-
-
-@pytest.mark.timeout(120)
-def test_overhead_benchmark_drivers_load_the_served_app(database_url: URL) -> None:
     # valgrind makes the real run take minutes: here its request driver meets the app served
-    # plain, and so does the fixed-rate load of `bench/overhead.py`, briefly.
+    # plain, and so does the fixed-rate load of the request scenario, briefly.
+    monkeypatch.setattr("bench.served.DATABASE_URL", url_string(database_url))
     port = free_port()
-    app = start_app(True, port, launcher=[], extra_env={"DATABASE_URL": url_string(database_url)})
+    app = start_app(True, port, launcher=[])
     try:
         base = f"http://127.0.0.1:{port}"
-        for case, (path, _) in crud_cases(base, None).items():
+        for case, path in crud_cases(base).items():
             send_requests(base, case, path, 10)
             p50_ms, p99_ms, cpu_ms, _, failed = at_fixed_rate(
                 f"{base}{path}", case, 40, app.pid, seconds=1
@@ -105,30 +94,3 @@ def test_overhead_benchmark_drivers_load_the_served_app(database_url: URL) -> No
         assert checkouts is not None and float(checkouts.group(1)) >= 101  # 1 + 2 x (10 + 40)
     finally:
         stop_app(app)
-
-
-@pytest.mark.parametrize("part", ["off", "modules", "middleware", "attached", "on"])
-def test_the_parts_benchmark_app_serves_each_part(
-    part: str, database_url: URL, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DATABASE_URL", url_string(database_url))
-    monkeypatch.setenv("MONITOR_ENABLED", "true" if part in ENABLED_PARTS else "false")
-    monkeypatch.setenv("BENCH_PART", part)
-    app = create_part_app()
-    with TestClient(app) as client:
-        created = client.post("/products", json={"name": f"part {part}", "price": 1})
-        assert created.status_code == 201, created.text
-        monitor = getattr(app.state, "pool_monitor", None)
-        middleware = {entry.cls for entry in app.user_middleware}
-        assert (AttributionMiddleware in middleware) == (part != "off" and part != "modules")
-        assert (monitor is not None) == (part in ENABLED_PARTS)
-        if monitor is not None:
-            # "attached" keeps the wrappers and drops the background work; "on" keeps both.
-            assert monitor.tracker.snapshot().counters.checkouts >= 1
-            assert (monitor._background is not None) == (part == "on")
-
-
-def test_the_parts_benchmark_app_refuses_an_unknown_part(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BENCH_PART", "everything")
-    with pytest.raises(SystemExit, match="BENCH_PART must be one of"):
-        create_part_app()

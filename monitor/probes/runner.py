@@ -197,7 +197,8 @@ class ServerProbe:
         via_pooler = client_pid is not None and client_pid != activity.probe_pid
         if via_pooler:
             # Through a pooler in session mode a kept connection would hold one of its server
-            # slots for good: connect per probe instead (bench/probe_connect.py: its cost).
+            # slots for good: connect per probe instead (its cost:
+            # `python -m bench probe --through pgbouncer`).
             self._engine.pool.dispose()
         return ServerSample(
             taken_at=taken_at,

@@ -213,7 +213,7 @@ def dashboard(request: Request) -> Response:
 def every_partial(request: Request) -> Response:
     """Every panel at once as out-of-band swaps: what the dashboard polls. One request per poll,
     not one per panel: eleven requests cost the app about seven times the CPU of this one
-    (`bench/dashboard_poll.py`), nearly all of it per-request HTTP work."""
+    (`python -m bench poll`), nearly all of it per-request HTTP work."""
     denied = authorize(request)
     if denied is not None:
         return denied

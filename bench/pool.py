@@ -1,0 +1,186 @@
+"""What the monitor costs code that uses the pool directly: a checkout, and a statement.
+
+A bare engine and an instrumented one (leak-site capture on) alternate rounds in one process and
+the per-round ratio of their time per cycle is judged:
+- checkout: `engine.connect()` + `close()` (what every Session does). Goal <= 1.30. The pool
+  alone (`engine.pool.connect()` + `close()`) is printed for scale.
+- statement: checkout + `SELECT 1` + checkin. Goal <= 1.05. Two server round trips whose latency
+  drifts within a second dominate it, so it alternates many short blocks; a second bare engine
+  against the first gives the run's noise floor.
+All engines hand out one shared DBAPI connection (never used by two at once): with a backend
+each, the figure measured the backends' CPU placement (+-15% between two bare engines here).
+Instrument (`--instrument callgrind`, checkout): instructions per cycle under valgrind, which do
+not swing with the machine: the figure to compare commits by.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, make_url, text
+
+from bench.interval import Verdict, judge, judge_count
+from bench.served import callgrind_summary
+from monitor.pool_monitor import PoolMonitor
+
+URL = os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test").replace(
+    "postgresql://", "postgresql+psycopg2://", 1
+)
+CHECKOUT_GOAL = 1.30
+STATEMENT_GOAL = 1.05
+
+
+def engine_cycle(engine: Engine) -> None:
+    engine.connect().close()
+
+
+def pool_cycle(engine: Engine) -> None:
+    engine.pool.connect().close()
+
+
+def select_cycle(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def per_call_us(work: Callable[[Engine], None], engine: Engine, calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        work(engine)
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+def alternate(
+    work: Callable[[Engine], None], bare: Engine, measured: Engine, block: int, rounds: int
+) -> tuple[list[float], float, float]:
+    """Per-round ratios measured / bare (the order alternates), and the median us of each."""
+    for engine in (bare, measured):  # warm up both pools
+        per_call_us(work, engine, max(block, 200))
+    ratios, bare_us, measured_us = [], [], []
+    for round_index in range(rounds):
+        order = (bare, measured) if round_index % 2 == 0 else (measured, bare)
+        times = {id(engine): per_call_us(work, engine, block) for engine in order}
+        bare_us.append(times[id(bare)])
+        measured_us.append(times[id(measured)])
+        ratios.append(times[id(measured)] / times[id(bare)])
+    return ratios, statistics.median(bare_us), statistics.median(measured_us)
+
+
+class Engines:
+    """A bare engine, a monitored one and a second bare one (the control), on one connection."""
+
+    def __init__(self, capture_sites: bool = True) -> None:
+        dialect = create_engine(URL).dialect
+        connect_args, connect_kwargs = dialect.create_connect_args(make_url(URL))
+        self.shared = dialect.connect(*connect_args, **connect_kwargs)
+        bare, watched, control = (
+            create_engine(URL, pool_size=1, max_overflow=0, creator=lambda: self.shared)
+            for _ in range(3)
+        )
+        self.bare, self.watched, self.control = bare, watched, control
+        self.monitor = PoolMonitor(watched, probe=False, capture_sites=capture_sites)
+
+    def close(self) -> None:
+        snapshot = self.monitor.pool_snapshot()
+        print(f"checkouts tracked: {snapshot.counters.checkouts}, "
+              f"listener errors: {snapshot.counters.listener_errors}")  # fmt: skip
+        self.monitor.detach()
+        for engine in (self.bare, self.watched, self.control):
+            engine.dispose()
+        self.shared.close()
+
+
+def checkout(rounds: int = 21, block: int = 4_000) -> list[Verdict]:
+    engines = Engines()
+    try:
+        ratios, bare_us, on_us = alternate(
+            engine_cycle, engines.bare, engines.watched, block, rounds
+        )
+        pool, pool_bare, pool_on = alternate(
+            pool_cycle, engines.bare, engines.watched, block, rounds
+        )
+    finally:
+        engines.close()
+    result = judge("checkout", [[r] for r in ratios], CHECKOUT_GOAL, at_least=False, digits=3)
+    print(f"engine.connect()+close(): bare {bare_us:.2f} us, monitored {on_us:.2f} us, "
+          f"ratio {result.figure} over {rounds} alternating rounds of {block}")  # fmt: skip
+    print(f"pool.connect()+close() (for scale): bare {pool_bare:.2f} us, monitored "
+          f"{pool_on:.2f} us, ratio {statistics.median(pool):.3f}")  # fmt: skip
+    return [result]
+
+
+def statement(rounds: int = 315) -> list[Verdict]:
+    engines = Engines()
+    try:
+        ratios, bare_us, on_us = alternate(select_cycle, engines.bare, engines.watched, 50, rounds)
+        noise, _, _ = alternate(select_cycle, engines.bare, engines.control, 50, rounds)
+    finally:
+        engines.close()
+    result = judge("statement", [[r] for r in ratios], STATEMENT_GOAL, at_least=False, digits=3)
+    control = judge("statement control", [[r] for r in noise], STATEMENT_GOAL, at_least=False,
+                    digits=3)  # fmt: skip
+    print(f"checkout+SELECT 1+checkin: bare {bare_us:.1f} us, monitored {on_us:.1f} us, ratio "
+          f"{result.figure}; bare vs bare (noise) {control.figure}; {rounds} blocks of 50")  # fmt: skip
+    return [result]
+
+
+# --- instrument: callgrind ------------------------------------------------------------------
+
+CYCLE_MODES = ("bare", "monitored, site capture off", "monitored")
+
+
+def cycle_program(mode: str, cycles: int, url: str = URL) -> str:
+    """A program running `cycles` checkout cycles on an engine (`mode`: bare or monitored)."""
+    monitor = {
+        "bare": "",
+        "monitored, site capture off": "PoolMonitor(engine, probe=False, capture_sites=False)",
+        "monitored": "PoolMonitor(engine, probe=False)",
+    }[mode]
+    return f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from sqlalchemy import create_engine
+from monitor.pool_monitor import PoolMonitor
+engine = create_engine({url!r}, pool_size=5)
+{monitor}
+for _ in range({cycles}):
+    engine.connect().close()
+"""
+
+
+def cycle_instructions(mode: str, cycles: int, workdir: Path) -> int:
+    out = workdir / "callgrind.out"
+    script = workdir / "cycle.py"
+    script.write_text(cycle_program(mode, cycles))
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, script],
+        check=True,
+        capture_output=True,
+        # A fixed hash seed keeps dict layouts, and so the counts, the same from run to run.
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    return callgrind_summary(out)
+
+
+def checkout_instructions(few: int = 1_000, many: int = 6_000) -> list[Verdict]:
+    """Instructions per checkout cycle: (many - few) cycles, so start-up and imports cancel."""
+    per_cycle: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for mode in CYCLE_MODES:
+            low = cycle_instructions(mode, few, Path(workdir))
+            high = cycle_instructions(mode, many, Path(workdir))
+            per_cycle[mode] = (high - low) / (many - few)
+    print(f"{'engine.connect() + close()':30} {'instructions':>13} {'ratio':>7}")
+    for mode in CYCLE_MODES:
+        ratio = per_cycle[mode] / per_cycle["bare"]
+        print(f"{mode:30} {per_cycle[mode]:13,.0f} {ratio:7.3f}")
+    ratio = per_cycle["monitored"] / per_cycle["bare"]
+    # A fixed hash seed: the same code counts the same within a few instructions per cycle.
+    return [judge_count("checkout instructions", ratio, CHECKOUT_GOAL, spread=0.005)]
