@@ -17,6 +17,8 @@ from monitor.app import create_app
 from monitor.embedded import EmbeddedPostgres
 from monitor.settings import Settings
 
+pytest_plugins = ["pytester"]  # tests/pytest_plugin runs small suites of its own
+
 STRICT = os.environ.get("MONITOR_TEST_STRICT") == "1"
 
 
