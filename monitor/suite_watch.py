@@ -13,6 +13,7 @@ import gc
 import importlib
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("monitor.pytest")
 
 PROBE_APPLICATION_NAME = "pool-monitor-pytest"
+# How often connections held across tests (session or module fixtures) are looked at on the
+# server once each has been seen: a query per test would cost a suite more than the tests do.
+OBSERVE_EVERY_S = 0.5
 
 # Finding kinds, in the order a summary lists them.
 HELD_AFTER_TEST = "held_after_test"
@@ -144,6 +148,7 @@ class _Hold:
     site: tuple[Frame, ...] = ()  # kept from when it was seen idle in transaction
     held_for_s: float | None = None
     reported: bool = False  # said once already (still held after its owner finished)
+    observed: bool = False  # its server state was read at least once
 
 
 @dataclass(slots=True)
@@ -172,6 +177,7 @@ class SuiteWatch:
         self._probes: dict[str, ServerProbe] = {}
         self._names: dict[str, int] = {}
         self.findings: list[Finding] = []
+        self._observed_at = 0.0
         self._restore: list[Callable[[], None]] = []
 
     # ---- engines ---------------------------------------------------------------------------
@@ -348,28 +354,43 @@ class SuiteWatch:
 
     def test_ended(self, owner: Owner) -> list[Finding]:
         """End of a test's call: what it left held (after one garbage collection), what the
-        collector took back, and which held connections sit idle in a transaction."""
+        collector took back, and which connections of longer-lived owners (session or module
+        fixtures) sit idle in a transaction."""
         findings = self.phase_ended(owner)
         if self._owned(owner):
             gc.collect()  # a session dropped without close() is reclaimed now, not later
             findings += self.phase_ended(owner)
-        states = self._server_states()
+        now = time.monotonic()
         for entry, tracker in self._live():
-            if not entry.holds:
+            mine = [k for k, h in entry.holds.items() if h.owner == owner and not h.reported]
+            # A function fixture's hold ends with its test: only longer-lived ones are looked
+            # at on the server, each at least once, then at most every OBSERVE_EVERY_S.
+            lasting = [
+                key
+                for key, hold in entry.holds.items()
+                if hold.owner.scope != "function"
+                and (not hold.observed or now - self._observed_at >= OBSERVE_EVERY_S)
+            ]
+            if not mine and not lasting:
                 continue
+            states = self._server_states()
+            self._observed_at = now
             views = {(v.slot_id, v.checkouts): v for v in tracker.snapshot().connections}
-            for key, hold in entry.holds.items():
-                view = views.get(key)
-                if view is None:
-                    continue
-                state = states.get(view.pid) if view.pid is not None else None
-                if hold.owner != owner and state and state.startswith("idle in transaction"):
+            for key in lasting:
+                hold, view = entry.holds[key], views.get(key)
+                hold.observed = True
+                state = states.get(view.pid) if view is not None and view.pid is not None else None
+                if view is not None and state and state.startswith("idle in transaction"):
                     hold.idle_in_transaction_during.append(owner.name)
                     hold.site = view.site
                     hold.held_for_s = view.held_for_s
-                if hold.owner == owner and not hold.reported:
-                    findings.append(self._held(HELD_AFTER_TEST, entry, view, owner, state))
-                    hold.reported = True
+            for key in mine:
+                hold, view = entry.holds[key], views.get(key)
+                if view is None:
+                    continue
+                state = states.get(view.pid) if view.pid is not None else None
+                findings.append(self._held(HELD_AFTER_TEST, entry, view, owner, state))
+                hold.reported = True
         return findings
 
     def fixture_finished(self, owner: Owner) -> list[Finding]:
