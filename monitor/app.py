@@ -90,6 +90,7 @@ def _attach_monitor(
         slow_query_s=settings.slow_query_s,
         probe_interval_s=settings.probe_interval_s,
         probe_timeout_s=settings.probe_timeout_s,
+        verdict_window_s=settings.verdict_window_s,
         dashboard_token=settings.dashboard_token,
         url_source=url_source,
         probe_url=url,

@@ -24,6 +24,7 @@ from monitor.state.records import PoolSnapshot, PoolStats, to_dict
 from monitor.state.server import ServerHealth, ServerHealthSnapshot
 from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker
+from monitor.state.verdicts import VerdictWindow
 from monitor.state.view import LOCAL_HOSTS, AppInfo, MonitorView, build_view
 from monitor.urls import mask_url
 
@@ -74,6 +75,7 @@ class PoolMonitor:
         slow_query_s: float = 0.5,
         probe_interval_s: float = 5.0,
         probe_timeout_s: float = 2.0,
+        verdict_window_s: float = 900.0,
         pool_name: str | None = None,
         capture_sites: bool = True,
         probe: bool = True,
@@ -86,6 +88,7 @@ class PoolMonitor:
             ("slow_query_s", slow_query_s),
             ("probe_interval_s", probe_interval_s),
             ("probe_timeout_s", probe_timeout_s),
+            ("verdict_window_s", verdict_window_s),
         ):
             if not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -106,10 +109,15 @@ class PoolMonitor:
             SiteCapture(_library_prefixes(), _parent_greenlet_frame) if capture_sites else None
         )
         self._pool_listeners = PoolListeners(self.tracker, capture, is_async=self.is_async)
-        self._statement_listeners = StatementListeners(self.tracker)
+        self._statement_listeners = StatementListeners(
+            self.tracker,
+            SiteCapture(_library_prefixes(), _parent_greenlet_frame) if capture_sites else None,
+        )
         self._pool_listeners.attach(self.engine)
         self._statement_listeners.attach(self.engine)
         self.server_health = ServerHealth()
+        # Rules fail while their condition held within this window, then clear by themselves.
+        self.verdicts = VerdictWindow(float(verdict_window_s))
         self.url_source = url_source
         # The probe connects on its own: by default to engine.url, unless the app keeps libpq
         # parameters (a socket directory, TLS files) outside the URL and passes the full one.
@@ -181,7 +189,7 @@ class PoolMonitor:
             sslmode=_sslmode(url.query.get("sslmode")),
             pools_observed=pools_observed(),
         )
-        return build_view(pool, self.pool_stats(), health, app)
+        return build_view(pool, self.pool_stats(), health, app, self.verdicts)
 
     def snapshot(self) -> dict[str, Any]:
         """The data of `/monitor/api/snapshot`: plain, JSON-serialisable."""

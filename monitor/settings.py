@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     probe_interval_s: Positive = 5.0
     slow_query_s: Positive = 0.5
     probe_timeout_s: Positive = 2.0
+    verdict_window_s: Positive = 900.0  # how far back a rule's verdict looks
 
     pool_size: Annotated[int, Field(ge=1, le=1000)] = 5
     max_overflow: Annotated[int, Field(ge=0, le=1000)] = 5

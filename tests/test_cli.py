@@ -56,3 +56,55 @@ def test_demo_refuses_a_public_bind_without_override() -> None:
     )
     assert result.returncode == 2
     assert "MONITOR_DEMO_ALLOW_REMOTE" in result.stderr
+
+
+def test_a_taken_port_is_reported_before_anything_starts() -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        # No DATABASE_URL: had it started, the embedded database would come first.
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        result = subprocess.run(
+            [sys.executable, "-m", "monitor", "demo"],
+            env={**env, "PORT": str(port)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port N or PORT=N" in result.stderr
+    assert "embedded" not in result.stdout + result.stderr
+    assert "Started server process" not in result.stdout + result.stderr
+
+
+def test_port_from_the_environment_and_a_bad_one_refused(schema_url: URL) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "serve"],
+        env={**os.environ, "PORT": "http"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "PORT='http'" in result.stderr
+    port = free_port()
+    app = AppProcess.__new__(AppProcess)  # PORT instead of --port
+    app.port, app.base, app.output = port, f"http://127.0.0.1:{port}", ""
+    app.process = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "serve"],
+        env={**os.environ, "PORT": str(port), "DATABASE_URL": url_string(schema_url)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        app.wait_ready()
+        assert httpx.get(f"{app.base}/products", timeout=5).status_code == 200
+    finally:
+        app.stop()
+    # serve keeps the access log; the start-up block names the dashboard.
+    assert '"GET /products HTTP/1.1" 200' in app.output
+    assert f"dashboard   http://127.0.0.1:{port}/monitor/" in app.output

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +30,13 @@ _RESERVOIR = 100_000
 # Known row ids kept per table; past this new ids replace random old ones.
 _MAX_IDS = 10_000
 _PROGRESS_EVERY_S = 0.25
+_RATE_WINDOW_S = 2.0  # the progress line's rate: requests answered over the last 2 s
+# Longer than the app's pool timeout (10 s by default): under exhaustion the app answers 503
+# after that wait, and the load must see that answer rather than give up first.
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+MAX_REQUEST_TIMEOUT_S = 600.0
+# What an app with an exhausted pool answers: the app's answer, not a failure of the load.
+UNAVAILABLE = 503
 _USER_AGENT = "pool-monitor-load/0.1"
 _BACKGROUND = "bg-"  # run id prefix of the background trickle's rows
 
@@ -68,7 +75,7 @@ class LoadTargetUnreachable(RuntimeError):
 class OperationSummary:
     name: str
     requests: int
-    errors: int
+    errors: int  # failed unexpectedly: no answer, or an answer other than the expected or 503
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -82,13 +89,19 @@ class LoadSummary:
     duration_s: float  # measured: from the start to the last answer (or the interrupt)
     concurrency: int
     requests: int
-    errors: int
+    errors: int  # failed unexpectedly (timeouts, refused connections, 500s, ...)
     p50_ms: float
     p95_ms: float
     p99_ms: float
     operations: tuple[OperationSummary, ...]
     error_kinds: tuple[tuple[str, int], ...]  # ("create_user: HTTP 409", 3), most frequent first
     interrupted: bool = False
+    unavailable: int = 0  # answered 503: the pool had no connection within its timeout
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+
+    @property
+    def answered_ok(self) -> int:
+        return self.requests - self.errors - self.unavailable
 
     @property
     def rate(self) -> float:
@@ -101,16 +114,21 @@ class LoadSummary:
 class _Samples:
     """Count plus a bounded uniform sample of latencies (reservoir sampling)."""
 
-    __slots__ = ("errors", "requests", "values")
+    __slots__ = ("errors", "requests", "unavailable", "values")
 
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0
+        self.unavailable = 0
         self.values: list[float] = []
 
-    def add(self, latency_s: float, error: bool, rng: random.Random) -> None:
+    def add(self, latency_s: float, error: str | None, rng: random.Random) -> None:
         self.requests += 1
-        self.errors += error
+        if error is not None:
+            if error.endswith(f"HTTP {UNAVAILABLE}"):
+                self.unavailable += 1
+            else:
+                self.errors += 1
         if len(self.values) < _RESERVOIR:
             self.values.append(latency_s)
         else:
@@ -129,17 +147,23 @@ class _Recorder:
 
     def record(self, operation: str, latency_s: float, error: str | None) -> None:
         with self._lock:
-            self._total.add(latency_s, error is not None, self._rng)
-            self._ops.setdefault(operation, _Samples()).add(latency_s, error is not None, self._rng)
+            self._total.add(latency_s, error, self._rng)
+            self._ops.setdefault(operation, _Samples()).add(latency_s, error, self._rng)
             if error is not None:
                 self._error_kinds[error] += 1
 
-    def totals(self) -> tuple[int, int]:
+    def totals(self) -> tuple[int, int, int]:
+        """(requests, unexpected failures, 503 answers) so far."""
         with self._lock:
-            return self._total.requests, self._total.errors
+            return self._total.requests, self._total.errors, self._total.unavailable
 
     def summary(
-        self, base_url: str, duration_s: float, concurrency: int, interrupted: bool
+        self,
+        base_url: str,
+        duration_s: float,
+        concurrency: int,
+        interrupted: bool,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     ) -> LoadSummary:
         with self._lock:
             operations = tuple(
@@ -159,6 +183,8 @@ class _Recorder:
                 operations=operations,
                 error_kinds=tuple(self._error_kinds.most_common()),
                 interrupted=interrupted,
+                unavailable=self._total.unavailable,
+                request_timeout_s=request_timeout_s,
             )
 
 
@@ -336,19 +362,31 @@ def run_load(
     *,
     seed: int | None = None,
     progress: bool = True,
-    request_timeout_s: float = 5.0,
+    request_timeout_s: float | None = None,
 ) -> LoadSummary:
     """Send the CRUD mix from `concurrency` threads for `duration_s`; raises LoadTargetUnreachable
-    when the app does not answer at all first. Ctrl-C ends the run early with a summary."""
+    when the app does not answer at all first. Ctrl-C ends the run early with a summary.
+
+    `request_timeout_s`: by default 30 s, or longer than the app's pool timeout when its
+    snapshot says so, so that an exhausted pool's 503 arrives before the client gives up."""
     if not 0 < duration_s <= MAX_DURATION_S:
         raise ValueError(f"duration must be in (0, {MAX_DURATION_S:g}] seconds, got {duration_s}")
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ValueError(f"concurrency must be 1..{MAX_CONCURRENCY}, got {concurrency}")
-    if not 0 < request_timeout_s <= 60:
-        raise ValueError(f"request timeout must be in (0, 60] seconds, got {request_timeout_s}")
+    if request_timeout_s is not None and not 0 < request_timeout_s <= MAX_REQUEST_TIMEOUT_S:
+        raise ValueError(
+            f"request timeout must be in (0, {MAX_REQUEST_TIMEOUT_S:g}] seconds, "
+            f"got {request_timeout_s}"
+        )
     base = _base_url(base_url)
     ids = _Ids()
-    _preflight(base, ids, seed)
+    pool_timeout_s = _preflight(base, ids, seed)
+    if request_timeout_s is None:
+        request_timeout_s = DEFAULT_REQUEST_TIMEOUT_S
+        if pool_timeout_s is not None:
+            request_timeout_s = min(
+                MAX_REQUEST_TIMEOUT_S, max(request_timeout_s, pool_timeout_s + 5)
+            )
 
     recorder = _Recorder(seed)
     stop = threading.Event()
@@ -373,11 +411,12 @@ def run_load(
     interrupted = False
     # Workers finish at the deadline plus at most one request timeout.
     give_up = deadline + request_timeout_s + 1.0
+    recent: deque[tuple[float, int]] = deque()  # (time, requests answered) for the current rate
     try:
         while any(t.is_alive() for t in threads) and time.monotonic() < give_up:
             time.sleep(_PROGRESS_EVERY_S)
             if progress:
-                _show_progress(recorder, started, duration_s, final=False)
+                _show_progress(recorder, started, duration_s, final=False, recent=recent)
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
@@ -386,8 +425,8 @@ def run_load(
     stop.set()
     elapsed = time.monotonic() - started
     if progress:
-        _show_progress(recorder, started, duration_s, final=True)
-    return recorder.summary(base, elapsed, concurrency, interrupted)
+        _show_progress(recorder, started, duration_s, final=True, recent=recent)
+    return recorder.summary(base, elapsed, concurrency, interrupted, request_timeout_s)
 
 
 def _base_url(url: str) -> str:
@@ -401,35 +440,69 @@ def _base_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _preflight(base: str, ids: _Ids, seed: int | None) -> None:
+def _preflight(base: str, ids: _Ids, seed: int | None) -> float | None:
+    """Check the app answers and learn its rows; returns its pool timeout when it says."""
     try:
         with _client(base, 3.0) as client:
             client.get("/healthz")
             ids.discover(client, _rng(seed, -1))
+            return _pool_timeout(client)
     except httpx.HTTPError as exc:
         raise LoadTargetUnreachable(
             f"cannot reach {base} ({type(exc).__name__}: {exc}); is the app running?"
         ) from exc
 
 
-def _show_progress(recorder: _Recorder, started: float, duration_s: float, *, final: bool) -> None:
-    requests, errors = recorder.totals()
-    elapsed = time.monotonic() - started
+def _pool_timeout(client: httpx.Client) -> float | None:
+    """The app's pool timeout from the monitor's snapshot (None when it has no monitor, asks
+    for a token, or says nothing)."""
+    try:
+        response = client.get("/monitor/api/snapshot")
+        if response.status_code != 200:
+            return None
+        value = response.json()["pool_stats"]["timeout_s"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def _show_progress(
+    recorder: _Recorder,
+    started: float,
+    duration_s: float,
+    *,
+    final: bool,
+    recent: deque[tuple[float, int]] | None = None,
+) -> None:
+    """One line: progress, counts, and the rate now (over the last 2 s; the whole run at the
+    end), so a stall under exhaustion shows at once instead of fading into an average."""
+    requests, errors, unavailable = recorder.totals()
+    now = time.monotonic()
+    elapsed = now - started
     done = min(1.0, elapsed / duration_s)
     bar = "#" * round(done * 20)
-    rate = requests / elapsed if elapsed > 0 else 0.0
+    if final or recent is None:
+        rate = requests / elapsed if elapsed > 0 else 0.0
+        rate_text = f"{rate:.0f} req/s overall"
+    else:
+        recent.append((now, requests))
+        while len(recent) > 1 and recent[0][0] < now - _RATE_WINDOW_S:
+            recent.popleft()
+        then, before = recent[0]
+        rate = (requests - before) / (now - then) if now > then else 0.0
+        rate_text = f"{rate:.0f} req/s now"
     line = (
         f"[{bar:<20}] {min(elapsed, duration_s):5.1f}/{duration_s:g} s  "
-        f"{requests} requests  {errors} errors  {rate:.0f} req/s"
+        f"{requests} requests  {unavailable} answered 503  {errors} failed  {rate_text}"
     )
     # One line rewritten in place; the padding wipes a longer previous line.
-    sys.stderr.write(f"\r{line:<79}" + ("\n" if final else ""))
+    sys.stderr.write(f"\r{line:<96}" + ("\n" if final else ""))
     sys.stderr.flush()
 
 
 def format_summary(summary: LoadSummary) -> str:
     """The summary as an aligned text table (one row per operation, then the total)."""
-    header = ("operation", "requests", "errors", "p50 ms", "p95 ms", "p99 ms")
+    header = ("operation", "requests", "failed", "p50 ms", "p95 ms", "p99 ms")
     rows = [
         (op.name, str(op.requests), str(op.errors), *_ms(op.p50_ms, op.p95_ms, op.p99_ms))
         for op in summary.operations
@@ -452,8 +525,10 @@ def format_summary(summary: LoadSummary) -> str:
     note = " (interrupted)" if summary.interrupted else ""
     out = [
         f"load on {summary.base_url}: {summary.duration_s:.1f} s, "
-        f"concurrency {summary.concurrency}{note}",
-        f"{summary.requests} requests, {summary.errors} errors, {summary.rate:.1f} req/s",
+        f"concurrency {summary.concurrency}, request timeout {summary.request_timeout_s:g} s{note}",
+        f"{summary.requests} requests, {summary.rate:.1f} req/s: {summary.answered_ok} answered as "
+        f"expected, {summary.unavailable} answered 503 (no pool connection in time), "
+        f"{summary.errors} failed unexpectedly",
         "",
         line(header),
         *(line(row) for row in rows),
@@ -461,7 +536,7 @@ def format_summary(summary: LoadSummary) -> str:
     ]
     if summary.error_kinds:
         width = max(len(kind) for kind, _ in summary.error_kinds)
-        out += ["", "errors:"]
+        out += ["", "not answered as expected:"]
         out += [f"  {kind.ljust(width)}  {count}" for kind, count in summary.error_kinds]
     return "\n".join(out)
 

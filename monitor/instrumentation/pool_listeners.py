@@ -124,7 +124,12 @@ class PoolListeners:
             except BaseException as error:
                 try:
                     timed_out = isinstance(error, sa_exc.TimeoutError)
-                    tracker.wait_failed(clock() - started, timed_out=timed_out)
+                    tracker.wait_failed(
+                        clock() - started,
+                        timed_out=timed_out,
+                        request=request_in_flight(),
+                        site=capture() if timed_out else (),
+                    )
                 except Exception:
                     guard.failed("wait")  # the app gets its own error, never ours
                 raise

@@ -17,14 +17,18 @@ from sqlalchemy import Engine
 from monitor.instrumentation.guard import FailureGuard
 from monitor.sqltext import fingerprint, normalize
 from monitor.state.holders import current_request
+from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker
 
 EXECUTE_METHODS = ("do_execute", "do_execute_no_params", "do_executemany")
 
 
 class StatementListeners:
-    def __init__(self, tracker: PoolTracker) -> None:
+    def __init__(self, tracker: PoolTracker, capture: SiteCapture | None = None) -> None:
+        """`capture`: finds the app line that ran a slow statement (its own instance: the
+        checkout's remembers the checkout path's depths)."""
         self._tracker = tracker
+        self._capture = capture
         self._guard = FailureGuard(tracker.listener_error)
         self._dialect: Any = None
 
@@ -67,8 +71,10 @@ class StatementListeners:
         try:
             request = current_request.get()
             route = f"{request.method} {request.route}" if request is not None else None
+            # Only slow statements pay for the walk (skip 2: this method, the timing wrapper).
+            site = self._capture.capture(3) if self._capture is not None else ()
             self._tracker.slow_query(
-                fingerprint(statement), normalize(statement), duration_s, route
+                fingerprint(statement), normalize(statement), duration_s, route, site
             )
         except Exception:
             self._guard.failed("statement timing")

@@ -5,6 +5,7 @@ Reads only in-memory snapshots: a scrape never touches the database or waits for
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -48,7 +49,7 @@ class MonitorCollector(Collector):
             return
         view = monitor.view(detail=False)
         yield from pool_families(view)
-        # Without a probe there is no server view at all; pg_up 0 would claim the server is down.
+        # Without a probe there is no server view at all; an up of 0 would claim the server is down.
         if monitor.probe_enabled:
             yield from server_families(view)
             yield from probe_families(view.server)
@@ -183,40 +184,51 @@ def pool_families(view: MonitorView) -> Iterator[Metric]:
     )
 
 
+_SAME_EVERYWHERE = "The same from every app instance: aggregate with max, not sum."
+# reserved_connections exists from PostgreSQL 16 on; before, the series is absent, not 0.
+RESERVED_CONNECTIONS_SINCE = 160000
+
+
 def server_families(view: MonitorView) -> Iterator[Metric]:
-    """`pg_up` always; the rest only from a fresh sample, never stale numbers while down."""
+    """Probe up always; the rest only from a fresh sample, never stale numbers while down.
+
+    The same server facts from every app instance: aggregate them with `max by`, never `sum`.
+    """
     health = view.server
     yield GaugeMetricFamily(
-        names.PG_UP,
-        "1 when the last probe reached PostgreSQL, 0 when it failed or has not finished yet.",
+        names.SERVER_UP,
+        "1 when the monitor's last probe reached PostgreSQL, 0 when it failed or has not run yet.",
         value=1 if health.up is True else 0,
     )
     sample = health.last_sample if health.up is True else None
     if sample is None:
         return
-    yield from _activity_families(sample)
+    yield from _app_session_families(sample, app_application_names(view, sample))
 
     settings = sample.settings
     yield GaugeMetricFamily(
-        names.MAX_CONNECTIONS,
-        "PostgreSQL max_connections setting.",
+        names.SERVER_MAX_CONNECTIONS,
+        "The server's max_connections setting. " + _SAME_EVERYWHERE,
         value=settings.max_connections,
     )
     yield GaugeMetricFamily(
-        names.SUPERUSER_RESERVED_CONNECTIONS,
-        "PostgreSQL superuser_reserved_connections setting.",
+        names.SERVER_SUPERUSER_RESERVED_CONNECTIONS,
+        "The server's superuser_reserved_connections setting. " + _SAME_EVERYWHERE,
         value=settings.superuser_reserved_connections,
     )
-    yield GaugeMetricFamily(
-        names.RESERVED_CONNECTIONS,
-        "PostgreSQL reserved_connections setting (16 and later; 0 before).",
-        value=settings.reserved_connections,
-    )
+    if settings.server_version_num >= RESERVED_CONNECTIONS_SINCE:
+        yield GaugeMetricFamily(
+            names.SERVER_RESERVED_CONNECTIONS,
+            "The server's reserved_connections setting (PostgreSQL 16 and later only). "
+            + _SAME_EVERYWHERE,
+            value=settings.reserved_connections,
+        )
     blocked = Counter({sample.database: 0})
     blocked.update(b.datname or sample.database for b in blocked_sessions(sample))
     family = GaugeMetricFamily(
-        names.BLOCKED_SESSIONS,
-        "Sessions waiting on a lock held by another session.",
+        names.SERVER_BLOCKED_SESSIONS,
+        "Sessions of the app's database waiting on a lock held by another session. "
+        + _SAME_EVERYWHERE,
         labels=[names.DATNAME],
     )
     for datname, number in sorted(blocked.items()):
@@ -225,7 +237,7 @@ def server_families(view: MonitorView) -> Iterator[Metric]:
     if view.capacity.used_ratio is not None:
         yield GaugeMetricFamily(
             names.SERVER_CONNECTIONS_USED_RATIO,
-            "Client sessions on the server over the connections open to ordinary roles (0-1).",
+            "Client sessions on the whole server over max_connections (0-1). " + _SAME_EVERYWHERE,
             value=view.capacity.used_ratio,
         )
     pool_label = [view.pool.pool_name]
@@ -248,22 +260,37 @@ def server_families(view: MonitorView) -> Iterator[Metric]:
     )
 
 
-def _activity_families(sample: ServerSample) -> Iterator[Metric]:
+def app_application_names(view: MonitorView, sample: ServerSample) -> list[str]:
+    """The application_name values of the server sessions behind this app's pool connections."""
+    pids = {c.pid for c in view.pool.connections if c.pid is not None}
+    found = {b.application_name for b in sample.backends if b.pid in pids}
+    return sorted(name for name in found if name is not None)
+
+
+def _app_session_families(sample: ServerSample, application_names: list[str]) -> Iterator[Metric]:
+    """This app's sessions (every instance's: they share the application_name) by state."""
     count = GaugeMetricFamily(
-        names.ACTIVITY_COUNT,
-        "Client sessions of the database by state (every state present, 0 when empty).",
-        labels=[names.DATNAME, names.STATE],
+        names.SERVER_SESSIONS,
+        "Sessions of this app (its application_name, every instance) on its database, by state. "
+        + _SAME_EVERYWHERE,
+        labels=[names.DATNAME, names.APPLICATION_NAME, names.SERVER_STATE],
     )
-    for (datname, state), number in sessions_by_state(sample).items():
-        count.add_metric([datname, state], number)
-    yield count
     age = GaugeMetricFamily(
-        names.ACTIVITY_MAX_TX_DURATION,
-        "Seconds the oldest open transaction has run, by database and session state.",
-        labels=[names.DATNAME, names.STATE],
+        names.SERVER_MAX_TRANSACTION_SECONDS,
+        "Seconds the oldest open transaction of this app's sessions has run, by state (0: none). "
+        + _SAME_EVERYWHERE,
+        labels=[names.DATNAME, names.APPLICATION_NAME, names.SERVER_STATE],
     )
-    for (datname, state), seconds in max_tx_age_by_state(sample).items():
-        age.add_metric([datname, state], seconds)
+    for application_name in application_names:
+        own = dataclasses.replace(
+            sample,
+            backends=tuple(b for b in sample.backends if b.application_name == application_name),
+        )
+        for (datname, state), number in sessions_by_state(own).items():
+            count.add_metric([datname, application_name, state], number)
+        for (datname, state), seconds in max_tx_age_by_state(own).items():
+            age.add_metric([datname, application_name, state], seconds)
+    yield count
     yield age
 
 
@@ -308,7 +335,8 @@ def _counter(name: str, documentation: str, labels: list[str], value: float) -> 
 def _histogram(
     name: str, documentation: str, labels: list[str], snapshot: HistogramSnapshot
 ) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, documentation, labels=_POOL)
+    # The unit OpenTelemetry's exporter declares for "s" (`# UNIT` in OpenMetrics).
+    family = HistogramMetricFamily(name, documentation, labels=_POOL, unit="seconds")
     buckets = [
         (_le(bound), float(count))
         for bound, count in zip(snapshot.bounds, snapshot.cumulative_counts, strict=True)

@@ -1,11 +1,17 @@
-"""`/metrics` on an app-owned registry (never the global one) holding the monitor's collector."""
+"""`/metrics` on an app-owned registry (never the global one) holding the monitor's collector.
+
+Negotiates like prometheus_client's own handlers: OpenMetrics when the scraper asks for it
+(`Accept`), the classic text format otherwise, gzip when `Accept-Encoding` allows it.
+"""
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from monitor.metrics.collector import MonitorCollector
 
@@ -17,8 +23,15 @@ def metrics_endpoint(app: FastAPI) -> Callable[[Request], Response]:
     registry.register(MonitorCollector(lambda: getattr(app.state, "pool_monitor", None)))
     app.state.metrics_registry = registry
 
-    # A sync handler runs in the threadpool, so a slow scrape never blocks the event loop.
+    # A sync handler runs in the threadpool, so collecting and compressing never block the loop.
     def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        body = encoder(registry)
+        # Caches between scraper and app must keep one copy per format and encoding.
+        headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
+        if gzip_accepted(request.headers.get("accept-encoding", "")):
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        return Response(body, headers=headers)
 
     return metrics

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Final
 
-# ---- pool side (label pool_name): OpenTelemetry db.client.connection.* for Prometheus --------
+# ---- pool side: OpenTelemetry db.client.connection.* as its Prometheus exporter renders them ---
 CONNECTION_COUNT: Final = "db_client_connection_count"
 CONNECTION_MAX: Final = "db_client_connection_max"
 CONNECTION_IDLE_MAX: Final = "db_client_connection_idle_max"
@@ -31,14 +31,16 @@ LISTENER_ERRORS_TOTAL: Final = "pool_monitor_listener_errors_total"
 PHANTOM_CONNECTIONS: Final = "pool_monitor_phantom_connections"
 ORPHAN_SESSIONS: Final = "pool_monitor_orphan_sessions"
 
-# ---- server side, postgres_exporter-compatible (no pool_name) -------------------------------
-PG_UP: Final = "pg_up"
-ACTIVITY_COUNT: Final = "pg_stat_activity_count"
-ACTIVITY_MAX_TX_DURATION: Final = "pg_stat_activity_max_tx_duration"
-MAX_CONNECTIONS: Final = "pg_settings_max_connections"
-SUPERUSER_RESERVED_CONNECTIONS: Final = "pg_settings_superuser_reserved_connections"
-RESERVED_CONNECTIONS: Final = "pg_settings_reserved_connections"
-BLOCKED_SESSIONS: Final = "pool_monitor_blocked_sessions"
+# ---- server side, what the probe sees (no pool label) ----------------------------------------
+# Never `pg_*`: those are postgres_exporter's. Every app instance reports the same server facts,
+# so aggregate these with `max by`, never `sum`.
+SERVER_UP: Final = "pool_monitor_server_up"
+SERVER_SESSIONS: Final = "pool_monitor_server_sessions"
+SERVER_MAX_TRANSACTION_SECONDS: Final = "pool_monitor_server_max_transaction_seconds"
+SERVER_MAX_CONNECTIONS: Final = "pool_monitor_server_max_connections"
+SERVER_SUPERUSER_RESERVED_CONNECTIONS: Final = "pool_monitor_server_superuser_reserved_connections"
+SERVER_RESERVED_CONNECTIONS: Final = "pool_monitor_server_reserved_connections"
+SERVER_BLOCKED_SESSIONS: Final = "pool_monitor_server_blocked_sessions"
 SERVER_CONNECTIONS_USED_RATIO: Final = "pool_monitor_server_connections_used_ratio"
 
 # ---- the probe itself ----------------------------------------------------------------------
@@ -49,11 +51,15 @@ PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS: Final = "pool_monitor_probe_last_success_t
 PROBE_HIDDEN_QUERIES: Final = "pool_monitor_probe_hidden_queries"
 
 # ---- labels --------------------------------------------------------------------------------
-POOL_NAME: Final = "pool_name"
-STATE: Final = "state"
+# OpenTelemetry attributes db.client.connection.pool.name and db.client.connection.state, with
+# the dots turned into underscores as OpenTelemetry's Prometheus exporter writes them.
+POOL_NAME: Final = "db_client_connection_pool_name"
+STATE: Final = "db_client_connection_state"
+SERVER_STATE: Final = "state"  # pg_stat_activity.state on the server-side series
 CLASS: Final = "class"
 KIND: Final = "kind"
 DATNAME: Final = "datname"
+APPLICATION_NAME: Final = "application_name"
 
 STATE_USED: Final = "used"
 STATE_IDLE: Final = "idle"

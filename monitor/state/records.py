@@ -74,6 +74,8 @@ class PoolTimeoutRecord:
     at: float
     waited_s: float
     holders: tuple[ConnectionView, ...]
+    waiter: Holder | None = None  # the request (or thread) that waited and got no connection
+    site: tuple[Frame, ...] = ()  # where it asked for one
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class SlowQueryGroup:
     max_s: float
     last_seen_at: float
     last_route: str | None
+    last_site: tuple[Frame, ...] = ()  # the app line that ran it last
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,8 @@ class MultiConnectionRequest:
     at: float
     route: str
     request_id: str
-    connections: int
+    connections: int  # the most it held at once
+    sites: tuple[tuple[Frame, ...], ...] = ()  # where each of them was taken, oldest first
 
 
 @dataclass(frozen=True, slots=True)

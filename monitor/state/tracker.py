@@ -17,7 +17,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from monitor.state.clock import Clock, monotonic, wall
-from monitor.state.histogram import FOLD_AT, Histogram
+from monitor.state.histogram import (
+    CREATE_TIME_BUCKETS_S,
+    FOLD_AT,
+    USE_TIME_BUCKETS_S,
+    WAIT_TIME_BUCKETS_S,
+    Histogram,
+)
 from monitor.state.holders import Holder, RequestScope, describe
 from monitor.state.records import (
     ConnectionView,
@@ -110,12 +116,12 @@ class PoolTracker:
         # them on the way in and out would cost every checkout two list operations.
         self._waiters = waiters
 
-        self.wait_time = Histogram()
-        self.use_time = Histogram()
+        self.wait_time = Histogram(WAIT_TIME_BUCKETS_S)
+        self.use_time = Histogram(USE_TIME_BUCKETS_S)
         # The hot path appends plain floats here (Histogram.observe inlined); the checkin folds.
         self._wait_samples = self.wait_time.pending
         self._use_samples = self.use_time.pending
-        self.create_time = Histogram()
+        self.create_time = Histogram(CREATE_TIME_BUCKETS_S)
 
         self._resolved: deque[LeakRecord] = deque(maxlen=max_records)
         self._gc_reclaims: deque[GcReclaim] = deque(maxlen=max_records)
@@ -219,7 +225,7 @@ class PoolTracker:
             self._wait_samples.append(waited_s)
         if request is not None:
             request.connections_held += 1
-            if request.connections_held > 1 and not request.multi_flagged:
+            if request.connections_held > 1:
                 self._flag_multi_connection(request)
 
     def checkin(self, slot: Slot, reclaimed: bool = False) -> None:
@@ -257,16 +263,29 @@ class PoolTracker:
     def reset(self, slot: Slot, *, terminated: bool) -> None:
         slot.history.append((self._clock(), "reset", "terminated" if terminated else "rollback"))
 
-    def wait_failed(self, waited_s: float, *, timed_out: bool) -> None:
-        """A caller waited and got no connection (pool timeout, or the connect failed)."""
+    def wait_failed(
+        self,
+        waited_s: float,
+        *,
+        timed_out: bool,
+        request: RequestScope | None = None,
+        site: RawSite = (),
+    ) -> None:
+        """A caller waited and got no connection (pool timeout, or the connect failed);
+        `request` and `site`: who waited and where it asked."""
         self.wait_time.observe(waited_s)
         if timed_out:
-            self._record_timeout(waited_s)
+            self._record_timeout(waited_s, describe(request, threading.get_ident()), site)
 
     # ---- statements --------------------------------------------------------------------------
 
     def slow_query(
-        self, fingerprint: str, statement: str, duration_s: float, route: str | None
+        self,
+        fingerprint: str,
+        statement: str,
+        duration_s: float,
+        route: str | None,
+        site: RawSite = (),
     ) -> None:
         now = self._wall()
         with self._lock:
@@ -275,7 +294,7 @@ class PoolTracker:
             if group is None:
                 if len(self._slow) >= self._max_slow_queries:
                     self._slow.popitem(last=False)  # forget the least recently seen group
-                group = self._slow[fingerprint] = [statement, 0, 0.0, 0.0, now, route]
+                group = self._slow[fingerprint] = [statement, 0, 0.0, 0.0, now, route, site]
             else:
                 self._slow.move_to_end(fingerprint)
             group[1] += 1
@@ -283,6 +302,7 @@ class PoolTracker:
             group[3] = max(group[3], duration_s)
             group[4] = now
             group[5] = route
+            group[6] = site
 
     def statement_error(self) -> None:
         with self._lock:
@@ -357,7 +377,9 @@ class PoolTracker:
                 **self._count,
             )
             slow = tuple(
-                SlowQueryGroup(fp, g[0], g[1], g[2], g[3], g[4], g[5])
+                SlowQueryGroup(
+                    fp, g[0], g[1], g[2], g[3], g[4], g[5], format_site(g[6]) if detail else ()
+                )
                 for fp, g in self._slow.items()
             )
             return PoolSnapshot(
@@ -513,35 +535,54 @@ class PoolTracker:
             holding[1].connections_held -= 1
 
     def _flag_multi_connection(self, request: RequestScope) -> None:
+        """A request holds a second connection (or one more): record it, with every site."""
+        first = not request.multi_flagged
         request.multi_flagged = True
         with self._lock:
-            self._count["multi_connection_requests"] += 1
-            self._multi.appendleft(
-                MultiConnectionRequest(
-                    self._wall(), f"{request.method} {request.route}", request.request_id,
-                    request.connections_held,
+            held = request.connections_held
+            previous = next((m for m in self._multi if m.request_id == request.request_id), None)
+            if not first and (previous is None or previous.connections >= held):
+                return
+            sites = tuple(
+                format_site(holding[3]) for _, holding in self._held() if holding[1] is request
+            )
+            route = f"{request.method} {request.route}"
+            if first:
+                self._count["multi_connection_requests"] += 1
+                self._multi.appendleft(
+                    MultiConnectionRequest(self._wall(), route, request.request_id, held, sites)
                 )
+            elif previous is not None:  # the same request took one more: keep its peak
+                index = self._multi.index(previous)
+                self._multi[index] = MultiConnectionRequest(
+                    previous.at, route, request.request_id, held, sites
+                )
+        if first:
+            log.warning(
+                "request %s holds %d connections at once (one session per request), taken at %s",
+                route, held, " and ".join(str(site[0]) if site else "?" for site in sites),
             )  # fmt: skip
-        log.warning(
-            "request %s %s holds %d connections at once (one session per request)",
-            request.method, request.route, request.connections_held,
-        )  # fmt: skip
 
-    def _record_timeout(self, waited_s: float) -> None:
+    def _record_timeout(self, waited_s: float, waiter: Holder, raw_site: RawSite) -> None:
         now = self._clock()
+        site = format_site(raw_site)
         with self._lock:
             self._count["timeouts"] += 1
             holders = tuple(self._view(slot, now, None) for slot, _ in self._held())
-            self._timeouts.appendleft(PoolTimeoutRecord(self._to_wall(now), waited_s, holders))
+            self._timeouts.appendleft(
+                PoolTimeoutRecord(self._to_wall(now), waited_s, holders, waiter, site)
+            )
         summary = "; ".join(
             f"slot {view.slot_id} {view.holder.route if view.holder else '?'} "
             f"{(view.held_for_s or 0):.1f}s at {view.site[0] if view.site else '?'}"
             for view in holders
         )
         log.warning(
-            "pool %s timed out after %.2f s; holders: %s",
+            "pool %s timed out after %.2f s for %s at %s; holders: %s",
             self.pool_name,
             waited_s,
+            waiter.route,
+            site[0] if site else "unknown site",
             summary or "none",
         )
 

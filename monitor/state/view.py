@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from monitor.state.records import ConnectionView, LeakClass, PoolSnapshot, PoolStats
 from monitor.state.server import Backend, ServerHealthSnapshot, seconds_until_killed
+from monitor.state.verdicts import DEFAULT_WINDOW_S, RuleVerdict, VerdictWindow
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "")
 
@@ -29,16 +30,9 @@ class Capacity:
     pool_max: int  # pool_size + max_overflow of this process
     server_available: int | None  # max_connections minus reserved slots
     server_sessions: int | None  # client sessions on the whole server right now
-    used_ratio: float | None  # server_sessions / server_available
+    used_ratio: float | None  # server_sessions / max_connections: 0-1, the headroom's share
     pool_share_ratio: float | None  # pool_max / server_available
     warning: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RuleVerdict:
-    rule: str
-    status: str  # ok, warn, fail, unknown
-    why: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +58,17 @@ class MonitorView:
     capacity: Capacity
     rules: tuple[RuleVerdict, ...]
     drift: int  # tracker's checked-out count minus the pool's own
+    verdict_window_s: float = DEFAULT_WINDOW_S
 
 
 def build_view(
-    pool: PoolSnapshot, stats: PoolStats, server: ServerHealthSnapshot, app: AppInfo
+    pool: PoolSnapshot,
+    stats: PoolStats,
+    server: ServerHealthSnapshot,
+    app: AppInfo,
+    verdicts: VerdictWindow | None = None,
 ) -> MonitorView:
+    """`verdicts`: keeps each rule failing while its condition held within its window."""
     sample = server.last_sample if server.up else None
     by_pid = {b.pid: b for b in sample.backends} if sample is not None else {}
     held: list[HeldConnection] = []
@@ -76,6 +76,9 @@ def build_view(
         if not connection.checked_out:
             continue
         backend = by_pid.get(connection.pid) if connection.pid is not None else None
+        checked_out_at = connection.checked_out_at
+        if sample is not None and checked_out_at is not None and sample.taken_at < checked_out_at:
+            backend = None  # sampled before this checkout: the previous holder's state
         timer = seconds_until_killed(backend, sample.settings) if backend and sample else None
         held.append(
             HeldConnection(
@@ -109,8 +112,10 @@ def build_view(
         capacity=capacity,
         rules=(),
         drift=pool.checked_out - stats.checked_out,
+        verdict_window_s=verdicts.window_s if verdicts is not None else DEFAULT_WINDOW_S,
     )
-    return dataclasses.replace(view, rules=evaluate_rules(view))
+    rules = evaluate_rules(view)
+    return dataclasses.replace(view, rules=verdicts.apply(rules) if verdicts else rules)
 
 
 def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
@@ -119,7 +124,10 @@ def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
         return Capacity(stats.max_connections, None, None, None, None, None)
     available = sample.settings.available_connections
     used = sample.total_client_sessions
-    used_ratio = used / available if available > 0 else None
+    max_connections = sample.settings.max_connections
+    # Over max_connections, not the slots open to ordinary roles: superusers' sessions use the
+    # reserved slots, so that ratio passes 1 while this one stays within 0-1.
+    used_ratio = used / max_connections if max_connections > 0 else None
     share = stats.max_connections / available if available > 0 else None
     warning = None
     if share is not None and share > 1:
@@ -128,7 +136,7 @@ def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
             f"only {available}"
         )
     elif used_ratio is not None and used_ratio >= 0.8:
-        warning = f"{used} of {available} server connections in use ({used_ratio:.0%})"
+        warning = f"{used} of {max_connections} server connections in use ({used_ratio:.0%})"
     elif share is not None and share > 0.5:
         warning = f"this one pool may take {share:.0%} of the server's connections"
     return Capacity(stats.max_connections, available, used, used_ratio, share, warning)
@@ -136,7 +144,7 @@ def _capacity(stats: PoolStats, server: ServerHealthSnapshot) -> Capacity:
 
 def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     """A live verdict for each rule of the connection guide, with a one-line why."""
-    pool, stats, counters = view.pool, view.pool_stats, view.pool.counters
+    pool, stats = view.pool, view.pool_stats
     verdicts = []
 
     pools = view.app.pools_observed
@@ -145,26 +153,56 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
                     f"{pools} connection pool(s) seen in this process")
     )  # fmt: skip
 
-    multi = counters.multi_connection_requests
-    last = pool.multi_connection_requests[0].route if pool.multi_connection_requests else ""
-    verdicts.append(
-        RuleVerdict("One session per request", "ok" if multi == 0 else "warn",
-                    "no request held two connections at once" if multi == 0
-                    else f"{multi} request(s) held several connections at once, last {last}")
-    )  # fmt: skip
+    now, window = pool.taken_at, view.verdict_window_s
+    cutoff = now - window
+    recently = f"in the last {_window_text(window)}"
 
-    leaks, gc_reclaimed = len(pool.leaks), counters.gc_reclaimed
-    if leaks == 0 and gc_reclaimed == 0:
+    multi = [m for m in pool.multi_connection_requests if m.at >= cutoff]
+    if not multi:
+        verdicts.append(
+            RuleVerdict("One session per request", "ok",
+                        f"no request held two connections at once {recently}")
+        )  # fmt: skip
+    else:
+        last = multi[0]
         verdicts.append(
             RuleVerdict(
-                "Always close sessions", "ok", "no leak, nothing left to the garbage collector"
+                "One session per request", "warn",
+                f"{len(multi)} request(s) held several connections at once {recently}, "
+                f"last {last.route} ({last.connections})",
+                since=min(m.at for m in multi), last_held_at=max(m.at for m in multi),
+            )
+        )  # fmt: skip
+
+    leaks = len(pool.leaks)
+    reclaims = [r for r in pool.gc_reclaims if r.at >= cutoff]
+    resolved = [
+        r for r in pool.resolved_leaks if r.resolved_at is not None and r.resolved_at >= cutoff
+    ]
+    if leaks == 0 and not reclaims and not resolved:
+        verdicts.append(
+            RuleVerdict(
+                "Always close sessions",
+                "ok",
+                f"no leak, nothing left to the garbage collector {recently}",
             )
         )
     else:
+        parts = []
+        if leaks:
+            parts.append(f"{leaks} connection(s) held past {pool.leak_threshold_s:g} s now")
+        if resolved:
+            parts.append(f"{len(resolved)} suspected leak(s) ended {recently}")
+        if reclaims:
+            parts.append(f"{len(reclaims)} reclaimed by the garbage collector {recently}")
+        began = [leak.detected_at for leak in pool.leaks + tuple(resolved)]
+        began += [r.at for r in reclaims]
+        ended = [r.resolved_at or now for r in resolved] + [r.at for r in reclaims]
         verdicts.append(
-            RuleVerdict("Always close sessions", "fail",
-                        f"{leaks} connection(s) held past {pool.leak_threshold_s:g} s, "
-                        f"{gc_reclaimed} reclaimed by the garbage collector")
+            RuleVerdict(
+                "Always close sessions", "fail", ", ".join(parts),
+                since=min(began), last_held_at=None if leaks else max(ended),
+            )
         )  # fmt: skip
 
     idle_tx = sum(
@@ -188,26 +226,39 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     if stats.recycle_s is None:
         problems.append("no pool_recycle")
     settings_text = (
-        f"pool_size {stats.size}, max_overflow {stats.max_overflow}, timeout {stats.timeout_s}s, "
-        f"recycle {stats.recycle_s}s, pre_ping {'on' if stats.pre_ping else 'off'}"
+        f"pool_size {stats.size}, max_overflow {stats.max_overflow}, "
+        f"timeout {_seconds(stats.timeout_s)}, recycle {_seconds(stats.recycle_s)}, "
+        f"pre_ping {'on' if stats.pre_ping else 'off'}"
     )
     pool_status = "ok" if not problems else ("fail" if "server" in problems[0] else "warn")
+    timeouts = [t for t in pool.timeouts if t.at >= cutoff]
+    timed_out_at: tuple[float | None, float | None] = (None, None)
+    if timeouts and pool_status == "ok":
+        # An event between two looks: it held from the first timeout to the last one.
+        timed_out_at = (min(t.at for t in timeouts), max(t.at for t in timeouts))
+    if timeouts:
+        pool_status = "fail"
+        problems.insert(0, f"{len(timeouts)} checkout(s) timed out waiting {recently}")
     verdicts.append(
         RuleVerdict(
             "Use the pool",
             pool_status,
-            settings_text + ("; " + "; ".join(problems) if problems else ""),
+            ("; ".join(problems) + "; " if problems else "") + settings_text,
+            since=timed_out_at[0],
+            last_held_at=timed_out_at[1],
         )
     )
     verdicts.append(
         RuleVerdict("Query logging only in development", "warn" if stats.echo else "ok",
                     "echo is on: every statement is logged" if stats.echo else "echo is off")
     )  # fmt: skip
-    slow = len(pool.slow_queries)
+    slow = [g for g in pool.slow_queries if g.last_seen_at >= cutoff]
     verdicts.append(
-        RuleVerdict("Index frequently queried columns", "ok" if slow == 0 else "warn",
-                    f"no statement slower than {pool.slow_query_s:g}s" if slow == 0
-                    else f"{slow} slow statement shape(s); the slowest may need an index")
+        RuleVerdict("Index frequently queried columns", "ok" if not slow else "warn",
+                    f"no statement slower than {pool.slow_query_s:g}s {recently}" if not slow
+                    else f"{len(slow)} slow statement shape(s) {recently}; the slowest may need an index",
+                    since=min((g.last_seen_at for g in slow), default=None),
+                    last_held_at=max((g.last_seen_at for g in slow), default=None))
     )  # fmt: skip
 
     app = view.app
@@ -220,3 +271,15 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
                     + ("" if secure else " (local connection)" if app.host_is_local else " on a remote host"))
     )  # fmt: skip
     return tuple(verdicts)
+
+
+def _seconds(value: float | None) -> str:
+    return "none" if value is None else f"{value:g} s"
+
+
+def _window_text(window_s: float) -> str:
+    if window_s >= 3600 and window_s % 3600 == 0:
+        return f"{window_s / 3600:g} h"
+    if window_s >= 60 and window_s % 60 == 0:
+        return f"{window_s / 60:g} min"
+    return f"{window_s:g} s"

@@ -48,6 +48,14 @@ def duration(seconds: float | None) -> str:
     return f"{whole // 86400} d {whole % 86400 // 3600} h"
 
 
+def span(seconds: float) -> str:
+    """A configured window, said plainly: "15 min", "1 h 30 min", "45 s"."""
+    text = duration(seconds)
+    for zero in (" 00 s", " 00 min"):
+        text = text.removesuffix(zero)
+    return text.removesuffix(".0 s") + " s" if text.endswith(".0 s") else text
+
+
 def ago(at: float | None, now: float, never: str = "never") -> str:
     """ "3.0 s ago" relative to `now` (both unix times); `never` when there is no instant."""
     if at is None:

@@ -59,6 +59,7 @@ class ServerPanel:
     by_application: tuple[CountRow, ...]
     capacity: CapacityView
     settings: tuple[Fact, ...]
+    fresh: str = ""
 
 
 def _capacity(view: MonitorView) -> CapacityView:
@@ -133,7 +134,10 @@ def build_server(view: MonitorView, ctx: RenderContext) -> ServerPanel:
         Fact("idle_session_timeout", _timeout(s.idle_session_timeout_s)),
         Fact("transaction_timeout", _timeout(s.transaction_timeout_s)),
     )  # fmt: skip
-    return ServerPanel(True, stale, sample.database, by_state, by_application, capacity, settings)
+    return ServerPanel(
+        True, stale, sample.database, by_state, by_application, capacity, settings,
+        _server_fresh(view),
+    )  # fmt: skip
 
 
 def _timeout(seconds: float | None) -> str:
@@ -161,6 +165,11 @@ class BlockingPanel:
     available: bool
     blocked: tuple[SessionRow, ...]
     blocking: tuple[SessionRow, ...]
+    fresh: str = ""
+
+    @property
+    def calm(self) -> bool:
+        return self.available and not self.blocked and not self.blocking
 
 
 def _owners(view: MonitorView) -> dict[int, str]:
@@ -207,6 +216,7 @@ def build_blocking(view: MonitorView, ctx: RenderContext) -> BlockingPanel:
         True,
         tuple(_session_row(b, owners, b.state_age_s) for b in blocked),
         tuple(blocking),
+        _server_fresh(view),
     )
 
 
@@ -222,20 +232,31 @@ class PhantomRow:
     route: str
 
 
+MAX_ORPHAN_ROWS = 10
+
+
 @dataclass(frozen=True, slots=True)
 class OrphansPanel:
     available: bool
     orphans: tuple[SessionRow, ...]
     phantoms: tuple[PhantomRow, ...]
+    orphans_hidden: int = 0  # beyond MAX_ORPHAN_ROWS: counted, not listed
+    fresh: str = ""
+
+    @property
+    def calm(self) -> bool:
+        return self.available and not self.orphans and not self.phantoms
 
 
 def build_orphans(view: MonitorView, ctx: RenderContext) -> OrphansPanel:
     if not view.server.up:
         return OrphansPanel(False, (), ())
     now = view.pool.taken_at
+    # The oldest first: a forgotten connection outlives the churn around it.
+    orphans = sorted(view.orphans, key=lambda b: -(b.backend_age_s or 0.0))
     return OrphansPanel(
         True,
-        tuple(_session_row(b, {}, b.backend_age_s) for b in view.orphans),
+        tuple(_session_row(b, {}, b.backend_age_s) for b in orphans[:MAX_ORPHAN_ROWS]),
         tuple(
             PhantomRow(
                 slot=c.slot_id,
@@ -246,4 +267,13 @@ def build_orphans(view: MonitorView, ctx: RenderContext) -> OrphansPanel:
             )
             for c in view.phantoms
         ),
+        max(0, len(orphans) - MAX_ORPHAN_ROWS),
+        _server_fresh(view),
     )
+
+
+def _server_fresh(view: MonitorView) -> str:
+    sample = view.server.last_sample
+    if sample is None:
+        return "no server sample yet"
+    return f"server data {duration(max(0.0, view.pool.taken_at - sample.taken_at))} old"

@@ -12,8 +12,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from monitor.state.records import LeakClass
-from monitor.state.view import MonitorView
+from monitor.state.records import LeakClass, PoolTimeoutRecord
+from monitor.state.verdicts import RuleVerdict
+from monitor.state.view import HeldConnection, MonitorView
 from monitor.web.formatting import (
     NOTHING,
     STATUS_LABELS,
@@ -30,6 +31,7 @@ from monitor.web.formatting import (
     request_id_label,
     site_frames,
     site_summary,
+    span,
     sparkline,
     wait_event_text,
     worst_status,
@@ -67,6 +69,8 @@ class StatusPanel:
     banner: Banner | None
     status: str
     status_label: str
+    reason: str  # what is wrong now, in one line ("" when all is well)
+    since: str
     database: str
     url_source: str
     sslmode: str
@@ -104,12 +108,23 @@ def server_banner(view: MonitorView) -> Banner | None:
 def build_status(view: MonitorView, ctx: RenderContext) -> StatusPanel:
     sample = view.server.last_sample
     status = worst_status(rule.status for rule in view.rules)
+    worst = [rule for rule in view.rules if rule.status == status and status in ("warn", "fail")]
+    reason, since = "", ""
+    if worst:
+        first = min(worst, key=lambda rule: rule.since if rule.since is not None else 0.0)
+        reason = f"{first.rule}: {first.why}"
+        if len(worst) > 1:
+            reason += f" (and {len(worst) - 1} more rule(s), below)"
+        since = verdict_since(first, view.pool.taken_at, view.verdict_window_s)
     if view.server.up is False:
         status = "fail"
+        reason = reason or "the database does not answer the probe"
     return StatusPanel(
         banner=server_banner(view),
         status=status,
         status_label=STATUS_LABELS.get(status, status),
+        reason=reason,
+        since=since,
         database=view.app.database,
         url_source=view.app.url_source,
         sslmode=view.app.sslmode or "not set",
@@ -142,6 +157,7 @@ class GaugesPanel:
     settings: str
     facts: tuple[Fact, ...]
     window: str
+    fresh: str = ""
 
 
 def _series(
@@ -258,7 +274,7 @@ def build_gauges(view: MonitorView, ctx: RenderContext) -> GaugesPanel:
         Fact("tracker drift", str(view.drift)),
         Fact("listener errors", str(counters.listener_errors)),
     )
-    return GaugesPanel(tiles, settings, facts, window)
+    return GaugesPanel(tiles, settings, facts, window, freshness(view, server=False))
 
 
 def _pct(part: int, whole: int) -> int | None:
@@ -267,15 +283,21 @@ def _pct(part: int, whole: int) -> int | None:
     return max(0, min(100, round(100 * part / whole)))
 
 
-# ---- held connections ------------------------------------------------------------------------
+# ---- held connections, grouped --------------------------------------------------------------
+
+# Worst first: the state a group is labelled with when its connections differ.
+_STATE_RANK = ("idle in transaction (aborted)", "idle in transaction", "active", "idle")
+_STATUS_ORDER = {"fail": 0, "warn": 1, "unknown": 2, "ok": 3}
+WAITING_FOR_PROBE = "waiting for the next probe"
 
 
 @dataclass(frozen=True, slots=True)
-class HeldRow:
+class ConnectionRow:
+    """One connection inside a holder group: the pool's side joined to the server's."""
+
     key: str  # stable per checkout: keeps an opened <details> open across polls
     slot: int
     pid: str
-    route: str
     request_id: str
     age: str
     status: str
@@ -286,77 +308,162 @@ class HeldRow:
     query: str
     query_hidden: bool
     kill: str
+
+
+@dataclass(frozen=True, slots=True)
+class HolderGroup:
+    """Connections held by one route at one checkout site: one fact, however many connections."""
+
+    key: str
+    route: str
     site_summary: str
     site: tuple[SiteFrame, ...]
+    count: int
+    ages: str  # "12.0 s" or "3.1 s to 12.0 s"
+    state: str  # the worst server state among them
+    status: str
+    leak: str  # "idle in transaction" when suspected leaks, else ""
+    rows: tuple[ConnectionRow, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class HeldPanel:
-    rows: tuple[HeldRow, ...]
+    groups: tuple[HolderGroup, ...]
     summary: str
     note: str
+    calm: bool
+    fresh: str
 
 
 def _state_when_unknown(view: MonitorView) -> str:
     if view.server.up is None:
-        return "waiting for probe"
+        return "waiting for the first probe"
     if view.server.up is False:
         return "unknown (server down)"
-    return "not seen yet"
+    return WAITING_FOR_PROBE
+
+
+def _sample_age(view: MonitorView) -> float:
+    """Seconds between the server sample and the pool snapshot (server ages lag by this)."""
+    sample = view.server.last_sample
+    return max(0.0, view.pool.taken_at - sample.taken_at) if sample is not None else 0.0
+
+
+def freshness(view: MonitorView, *, server: bool) -> str:
+    """The age of a panel's data: pool data is read at render, server data at the last probe."""
+    pool_part = f"pool as of {clock_time(view.pool.taken_at)}"
+    if not server:
+        return pool_part
+    sample = view.server.last_sample
+    if sample is None:
+        return pool_part + " · no server sample yet"
+    return pool_part + f" · server data {duration(_sample_age(view))} old"
+
+
+def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
+    conn, backend = held.connection, held.server
+    leak = conn.leak_class
+    lag = _sample_age(view)
+    # Without a current server sample (or one older than this checkout) only the pool's side is known.
+    server_state, wait_event, xact_age, query, kill = (
+        _state_when_unknown(view), NOTHING, NOTHING, NOTHING, NOTHING,
+    )  # fmt: skip
+    if backend is not None:
+        server_state = backend.state or NOTHING
+        wait_event = wait_event_text(backend)
+        # Ages were measured at the probe: add the time since, as the pool's ages are current.
+        xact_age = (
+            "no transaction" if backend.xact_age_s is None else duration(backend.xact_age_s + lag)
+        )
+        query = backend.query or NOTHING
+        kill = (
+            "no server timeout"
+            if held.killed_by is None
+            else f"{duration(max(0.0, (held.killed_in_s or 0.0) - lag))} ({held.killed_by})"
+        )
+    return ConnectionRow(
+        key=f"held-{conn.slot_id}-{conn.checkouts}",
+        slot=conn.slot_id,
+        pid=pid_text(conn.pid),
+        request_id=request_id_label(conn.holder),
+        age=duration(conn.held_for_s),
+        status=LEAK_STATUS[leak] if leak else "ok",
+        leak=LEAK_LABELS[leak] if leak else "",
+        server_state=server_state,
+        wait_event=wait_event,
+        xact_age=xact_age,
+        query=query,
+        query_hidden=backend.query_hidden if backend is not None else False,
+        kill=kill,
+    )
+
+
+def _age_range(ages: Sequence[float | None]) -> str:
+    known = [age for age in ages if age is not None]
+    if not known:
+        return NOTHING
+    low, high = min(known), max(known)
+    if duration(low) == duration(high):
+        return duration(high)
+    return f"{duration(low)} to {duration(high)}"
+
+
+def _worst_state(states: Sequence[str]) -> str:
+    for state in _STATE_RANK:
+        if state in states:
+            return state
+    return states[0] if states else NOTHING
+
+
+def holder_groups(
+    view: MonitorView, held: Sequence[HeldConnection], ctx: RenderContext
+) -> tuple[HolderGroup, ...]:
+    """Held connections grouped by (route, checkout site), the worst and oldest group first."""
+    by_key: dict[tuple[str, str], list[HeldConnection]] = {}
+    sites: dict[tuple[str, str], tuple[SiteFrame, ...]] = {}
+    for item in held:
+        site = site_frames(item.connection.site, ctx.cwd)
+        key = (holder_label(item.connection.holder), site_summary(site))
+        by_key.setdefault(key, []).append(item)
+        sites.setdefault(key, site)
+    ranked: list[tuple[int, float, HolderGroup]] = []
+    for (route, summary), members in by_key.items():
+        rows = tuple(_connection_row(view, member) for member in members)
+        status = min((row.status for row in rows), key=lambda s: _STATUS_ORDER.get(s, 2))
+        leaks = [row.leak for row in rows if row.leak]
+        ages = [m.connection.held_for_s for m in members]
+        group = HolderGroup(
+            key=f"group-{route}-{summary}",
+            route=route,
+            site_summary=summary,
+            site=sites[(route, summary)],
+            count=len(rows),
+            ages=_age_range(ages),
+            state=_worst_state([row.server_state for row in rows]),
+            status=status,
+            leak=leaks[0] if leaks else "",
+            rows=rows,
+        )
+        oldest = max((age or 0.0) for age in ages)
+        ranked.append((_STATUS_ORDER.get(status, 2), -oldest, group))
+    ranked.sort(key=lambda item: item[:2])
+    return tuple(group for _, _, group in ranked)
 
 
 def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
-    rows = []
-    for held in view.held:
-        conn, backend = held.connection, held.server
-        leak = conn.leak_class
-        site = site_frames(conn.site, ctx.cwd)
-        # Without a current server sample only the pool's side is known.
-        server_state, wait_event, xact_age, query, kill = (
-            _state_when_unknown(view), NOTHING, NOTHING, NOTHING, NOTHING,
-        )  # fmt: skip
-        if backend is not None:
-            server_state = backend.state or NOTHING
-            wait_event = wait_event_text(backend)
-            xact_age = (
-                "no transaction" if backend.xact_age_s is None else duration(backend.xact_age_s)
-            )
-            query = backend.query or NOTHING
-            kill = (
-                "no server timeout"
-                if held.killed_by is None
-                else f"{duration(held.killed_in_s)} ({held.killed_by})"
-            )
-        rows.append(
-            HeldRow(
-                key=f"held-{conn.slot_id}-{conn.checkouts}",
-                slot=conn.slot_id,
-                pid=pid_text(conn.pid),
-                route=holder_label(conn.holder),
-                request_id=request_id_label(conn.holder),
-                age=duration(conn.held_for_s),
-                status=LEAK_STATUS[leak] if leak else "ok",
-                leak=LEAK_LABELS[leak] if leak else "",
-                server_state=server_state,
-                wait_event=wait_event,
-                xact_age=xact_age,
-                query=query,
-                query_hidden=backend.query_hidden if backend is not None else False,
-                kill=kill,
-                site_summary=site_summary(site),
-                site=site,
-            )
-        )
-    count = len(rows)
-    summary = (
-        f"{count} of {view.pool_stats.max_connections} connection(s) checked out"
-        if count
-        else "no connection checked out"
-    )
-    note = (
-        f"a connection held longer than {duration(view.pool.leak_threshold_s)} is a suspected leak"
-    )
-    return HeldPanel(tuple(rows), summary, note)
+    """Checked-out connections that are not suspected leaks (those are in the leaks panel)."""
+    held = [h for h in view.held if h.connection.leak_class is None]
+    suspects = len(view.held) - len(held)
+    groups = holder_groups(view, held, ctx)
+    total = len(view.held)
+    if not total:
+        summary = "Nothing checked out right now."
+    else:
+        summary = f"{total} of {view.pool_stats.max_connections} connection(s) checked out"
+        if suspects:
+            summary += f"; {suspects} of them under suspected leaks, above"
+    note = f"held longer than {duration(view.pool.leak_threshold_s)}: a suspected leak"
+    return HeldPanel(groups, summary, note, not groups, freshness(view, server=True))
 
 
 # ---- leaks -----------------------------------------------------------------------------------
@@ -371,40 +478,33 @@ class LeakClassCount:
 
 
 @dataclass(frozen=True, slots=True)
-class LeakRow:
+class EndedGroup:
+    """Leaks that ended (or connections the GC reclaimed) at one route and site, in the window."""
+
     key: str
-    leak: str
+    route: str
+    site_summary: str
+    site: tuple[SiteFrame, ...]
+    outcome: str
     status: str
-    slot: int
-    pid: str
-    route: str
-    request_id: str
-    held: str
-    when: str  # detected ago, or resolved ago for history rows
-    outcome: str  # "" for current leaks, "returned", "reclaimed by the GC", ...
-    site_summary: str
-    site: tuple[SiteFrame, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class GcRow:
-    key: str
-    when: str
-    slot: int
-    route: str
-    held: str
-    site_summary: str
-    site: tuple[SiteFrame, ...]
+    count: int
+    held: str  # range of how long they were held
+    when: str  # the last one, "ago"
 
 
 @dataclass(frozen=True, slots=True)
 class LeaksPanel:
     by_class: tuple[LeakClassCount, ...]
-    current: tuple[LeakRow, ...]
-    resolved: tuple[LeakRow, ...]
-    gc_reclaims: tuple[GcRow, ...]
+    current: tuple[HolderGroup, ...]
+    suspects: int
+    ended: tuple[EndedGroup, ...]
+    gc_reclaims: tuple[EndedGroup, ...]
     gc_total: int
+    earlier: int  # ended or reclaimed before the window: counted, not listed
     threshold: str
+    window: str
+    calm: bool
+    fresh: str
 
 
 _OUTCOMES = {
@@ -415,8 +515,36 @@ _OUTCOMES = {
 }
 
 
+def _ended_groups(
+    items: Sequence[tuple[str, tuple[SiteFrame, ...], str, str, float, float]], now: float
+) -> tuple[EndedGroup, ...]:
+    """(route, site, outcome, status, held_s, at) records grouped by route, site and outcome."""
+    by_key: dict[
+        tuple[str, str, str], list[tuple[str, tuple[SiteFrame, ...], str, str, float, float]]
+    ] = {}
+    for item in items:
+        by_key.setdefault((item[0], site_summary(item[1]), item[2]), []).append(item)
+    groups = []
+    for (route, summary, outcome), members in by_key.items():
+        groups.append(
+            EndedGroup(
+                key=f"ended-{route}-{summary}-{outcome}",
+                route=route,
+                site_summary=summary,
+                site=members[0][1],
+                outcome=outcome,
+                status=members[0][3],
+                count=len(members),
+                held=_age_range([m[4] for m in members]),
+                when=ago(max(m[5] for m in members), now),
+            )
+        )
+    return tuple(groups)
+
+
 def build_leaks(view: MonitorView, ctx: RenderContext) -> LeaksPanel:
     pool, now = view.pool, view.pool.taken_at
+    cutoff = now - view.verdict_window_s
     current_by_class = {
         cls: sum(1 for leak in pool.leaks if leak.leak_class is cls) for cls in LeakClass
     }
@@ -429,66 +557,56 @@ def build_leaks(view: MonitorView, ctx: RenderContext) -> LeaksPanel:
         )
         for cls in LeakClass
     )
-    current = []
-    for leak in pool.leaks:
-        site = site_frames(leak.site, ctx.cwd)
-        current.append(
-            LeakRow(
-                key=f"leak-{leak.slot_id}-{leak.detected_at:.3f}",
-                leak=LEAK_LABELS[leak.leak_class],
-                status=LEAK_STATUS[leak.leak_class],
-                slot=leak.slot_id,
-                pid=pid_text(leak.pid),
-                route=holder_label(leak.holder),
-                request_id=request_id_label(leak.holder),
-                held=duration(leak.held_for_s),
-                when=ago(leak.detected_at, now),
-                outcome="",
-                site_summary=site_summary(site),
-                site=site,
-            )
-        )
-    resolved = []
+    suspects = [h for h in view.held if h.connection.leak_class is not None]
+    ended_items = []
+    earlier = 0
     for leak in pool.resolved_leaks:
-        site = site_frames(leak.site, ctx.cwd)
         how = leak.how_resolved or "resolved"
-        resolved.append(
-            LeakRow(
-                key=f"resolved-{leak.slot_id}-{leak.resolved_at or 0.0:.3f}",
-                leak=LEAK_LABELS[leak.leak_class],
-                status="ok" if how == "returned" else "warn",
-                slot=leak.slot_id,
-                pid=pid_text(leak.pid),
-                route=holder_label(leak.holder),
-                request_id=request_id_label(leak.holder),
-                held=duration(leak.held_for_s),
-                when=ago(leak.resolved_at, now),
-                outcome=_OUTCOMES.get(how, how.replace("_", " ")),
-                site_summary=site_summary(site),
-                site=site,
+        if how == "gc_reclaimed":
+            continue  # listed with the garbage collector's reclaims
+        if leak.resolved_at is None or leak.resolved_at < cutoff:
+            earlier += 1
+            continue
+        ended_items.append(
+            (
+                holder_label(leak.holder),
+                site_frames(leak.site, ctx.cwd),
+                f"{LEAK_LABELS[leak.leak_class]}, {_OUTCOMES.get(how, how.replace('_', ' '))}",
+                "ok" if how == "returned" else "warn",
+                leak.held_for_s,
+                leak.resolved_at,
             )
         )
-    gc_rows = []
+    gc_items = []
     for reclaim in pool.gc_reclaims:
-        site = site_frames(reclaim.site, ctx.cwd)
-        gc_rows.append(
-            GcRow(
-                key=f"gc-{reclaim.slot_id}-{reclaim.at:.3f}",
-                when=ago(reclaim.at, now),
-                slot=reclaim.slot_id,
-                route=holder_label(reclaim.holder),
-                held=duration(reclaim.held_for_s),
-                site_summary=site_summary(site),
-                site=site,
+        if reclaim.at < cutoff:
+            earlier += 1
+            continue
+        gc_items.append(
+            (
+                holder_label(reclaim.holder),
+                site_frames(reclaim.site, ctx.cwd),
+                "reclaimed by the garbage collector",
+                "fail",
+                reclaim.held_for_s,
+                reclaim.at,
             )
         )
+    current = holder_groups(view, suspects, ctx)
+    ended = _ended_groups(ended_items, now)
+    reclaims = _ended_groups(gc_items, now)
     return LeaksPanel(
-        by_class,
-        tuple(current),
-        tuple(resolved),
-        tuple(gc_rows),
-        pool.counters.gc_reclaimed,
-        duration(pool.leak_threshold_s),
+        by_class=by_class,
+        current=current,
+        suspects=len(suspects),
+        ended=ended,
+        gc_reclaims=reclaims,
+        gc_total=pool.counters.gc_reclaimed,
+        earlier=earlier,
+        threshold=duration(pool.leak_threshold_s),
+        window=span(view.verdict_window_s),
+        calm=not (current or ended or reclaims),
+        fresh=freshness(view, server=bool(current)),
     )
 
 
@@ -496,50 +614,93 @@ def build_leaks(view: MonitorView, ctx: RenderContext) -> LeaksPanel:
 
 
 @dataclass(frozen=True, slots=True)
-class TimeoutHolder:
-    slot: int
-    pid: str
+class TimeoutHolderGroup:
     route: str
-    held: str
     site_summary: str
+    count: int
+    held: str
 
 
 @dataclass(frozen=True, slots=True)
 class TimeoutRow:
-    when: str
+    """Timeouts of one waiter (route and site) in the window; holders as at the last one."""
+
+    key: str
+    waiter: str
+    request_id: str
+    site_summary: str
+    site: tuple[SiteFrame, ...]
+    count: int
     waited: str
-    holders: tuple[TimeoutHolder, ...]
+    when: str  # the last one
+    holders: tuple[TimeoutHolderGroup, ...]
+    holders_total: int
 
 
 @dataclass(frozen=True, slots=True)
 class TimeoutsPanel:
     rows: tuple[TimeoutRow, ...]
     total: int
+    recent: int
+    window: str
+    calm: bool
+    fresh: str
+
+
+def _timeout_holders(
+    record: PoolTimeoutRecord, ctx: RenderContext
+) -> tuple[TimeoutHolderGroup, ...]:
+    by_key: dict[tuple[str, str], list[float | None]] = {}
+    for holder in record.holders:
+        key = (holder_label(holder.holder), site_summary(site_frames(holder.site, ctx.cwd)))
+        by_key.setdefault(key, []).append(holder.held_for_s)
+    groups = [
+        TimeoutHolderGroup(route, summary, len(ages), _age_range(ages))
+        for (route, summary), ages in by_key.items()
+    ]
+    groups.sort(key=lambda g: -g.count)
+    return tuple(groups)
 
 
 def build_timeouts(view: MonitorView, ctx: RenderContext) -> TimeoutsPanel:
     now = view.pool.taken_at
-    rows = tuple(
-        TimeoutRow(
-            when=ago(record.at, now),
-            waited=duration(record.waited_s),
-            holders=tuple(
-                TimeoutHolder(
-                    slot=holder.slot_id,
-                    pid=pid_text(holder.pid),
-                    route=holder_label(holder.holder),
-                    held=duration(holder.held_for_s),
-                    site_summary=site_summary(site_frames(holder.site, ctx.cwd)),
-                )
-                for holder in record.holders
-            ),
+    cutoff = now - view.verdict_window_s
+    recent = [record for record in view.pool.timeouts if record.at >= cutoff]
+    by_waiter: dict[tuple[str, str], list[PoolTimeoutRecord]] = {}
+    for record in recent:  # most recent first
+        site = site_frames(record.site, ctx.cwd)
+        key = (holder_label(record.waiter), site_summary(site) if site else "site not captured")
+        by_waiter.setdefault(key, []).append(record)
+    rows = []
+    for (waiter, summary), records in by_waiter.items():
+        last = records[0]
+        rows.append(
+            TimeoutRow(
+                key=f"timeout-{waiter}-{summary}",
+                waiter=waiter,
+                request_id=request_id_label(last.waiter),
+                site_summary=summary,
+                site=site_frames(last.site, ctx.cwd),
+                count=len(records),
+                waited=_age_range([r.waited_s for r in records]),
+                when=ago(last.at, now),
+                holders=_timeout_holders(last, ctx),
+                holders_total=len(last.holders),
+            )
         )
-        for record in view.pool.timeouts
+    return TimeoutsPanel(
+        tuple(rows),
+        view.pool.counters.timeouts,
+        len(recent),
+        span(view.verdict_window_s),
+        not rows,
+        freshness(view, server=False),
     )
-    return TimeoutsPanel(rows, view.pool.counters.timeouts)
 
 
 # ---- slow queries ----------------------------------------------------------------------------
+
+MAX_SLOW_ROWS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,6 +712,9 @@ class SlowRow:
     mean: str
     last_route: str
     last_seen: str
+    site_summary: str
+    site: tuple[SiteFrame, ...]
+    key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,23 +722,42 @@ class SlowPanel:
     rows: tuple[SlowRow, ...]
     threshold: str
     total: int
+    hidden: int  # shapes not listed: beyond MAX_SLOW_ROWS or last seen before the window
+    window: str
+    calm: bool
+    fresh: str
 
 
 def build_slow(view: MonitorView, ctx: RenderContext) -> SlowPanel:
     now = view.pool.taken_at
-    rows = tuple(
-        SlowRow(
-            statement=group.statement,
-            count=group.count,
-            total=duration(group.total_s),
-            max=duration(group.max_s),
-            mean=duration(group.total_s / group.count) if group.count else NOTHING,
-            last_route=group.last_route or NOTHING,
-            last_seen=ago(group.last_seen_at, now),
+    cutoff = now - view.verdict_window_s
+    recent = [g for g in view.pool.slow_queries if g.last_seen_at >= cutoff]
+    rows = []
+    for group in recent[:MAX_SLOW_ROWS]:
+        site = site_frames(group.last_site, ctx.cwd)
+        rows.append(
+            SlowRow(
+                statement=group.statement,
+                count=group.count,
+                total=duration(group.total_s),
+                max=duration(group.max_s),
+                mean=duration(group.total_s / group.count) if group.count else NOTHING,
+                last_route=group.last_route or NOTHING,
+                last_seen=ago(group.last_seen_at, now),
+                site_summary=site_summary(site) if site else "site not captured",
+                site=site,
+                key=f"slow-{group.fingerprint}",
+            )
         )
-        for group in view.pool.slow_queries
+    return SlowPanel(
+        tuple(rows),
+        duration(view.pool.slow_query_s),
+        view.pool.counters.slow_queries,
+        len(view.pool.slow_queries) - len(rows),
+        span(view.verdict_window_s),
+        not rows,
+        freshness(view, server=False),
     )
-    return SlowPanel(rows, duration(view.pool.slow_query_s), view.pool.counters.slow_queries)
 
 
 # ---- rules and probe -------------------------------------------------------------------------
@@ -586,23 +769,72 @@ class RuleRow:
     status: str
     status_label: str
     why: str
+    since: str  # "since 10:23:35 UTC, holds now" / "cleared 20 s ago, OK at ..."; "" when OK
+    evidence: tuple[str, ...] = ()  # e.g. the requests that held two connections, with sites
 
 
 @dataclass(frozen=True, slots=True)
 class RulesPanel:
     rows: tuple[RuleRow, ...]
     summary: str
+    calm: bool
+    window: str
+    fresh: str = ""
+
+
+def verdict_since(verdict: RuleVerdict, now: float, window_s: float) -> str:
+    """When a failing verdict began and whether it still holds or clears by itself, and when."""
+    if verdict.status not in ("warn", "fail") or verdict.since is None:
+        return ""
+    began = f"since {clock_time(verdict.since)}"
+    if verdict.holds_now or verdict.last_held_at is None:
+        return f"{began}, still now"
+    clears = clock_time(verdict.last_held_at + window_s)
+    return f"{began}; last seen {ago(verdict.last_held_at, now)}, OK at {clears} unless it recurs"
+
+
+def _multi_evidence(view: MonitorView, ctx: RenderContext) -> tuple[str, ...]:
+    cutoff = view.pool.taken_at - view.verdict_window_s
+    lines: dict[str, int] = {}
+    for record in view.pool.multi_connection_requests:
+        if record.at < cutoff:
+            continue
+        taken: dict[str, int] = {}
+        for site in record.sites:
+            summary = site_summary(site_frames(site, ctx.cwd))
+            taken[summary] = taken.get(summary, 0) + 1
+        where = ", ".join(f"{s} (x{n})" if n > 1 else s for s, n in taken.items())
+        line = f"{record.route} held {record.connections} at once" + (
+            f", taken at {where}" if where else ""
+        )
+        lines[line] = lines.get(line, 0) + 1
+    return tuple(
+        line + (f" (x{count})" if count > 1 else "") for line, count in list(lines.items())[:5]
+    )
 
 
 def build_rules(view: MonitorView, ctx: RenderContext) -> RulesPanel:
+    now, window = view.pool.taken_at, view.verdict_window_s
     rows = tuple(
-        RuleRow(rule.rule, rule.status, STATUS_LABELS.get(rule.status, rule.status), rule.why)
+        RuleRow(
+            rule.rule,
+            rule.status,
+            STATUS_LABELS.get(rule.status, rule.status),
+            rule.why,
+            verdict_since(rule, now, window),
+            _multi_evidence(view, ctx) if rule.rule == "One session per request" else (),
+        )
         for rule in view.rules
     )
     failing = sum(1 for row in rows if row.status == "fail")
     warning = sum(1 for row in rows if row.status == "warn")
-    summary = f"{len(rows) - failing - warning} ok, {warning} warning, {failing} failing"
-    return RulesPanel(rows, summary)
+    if failing or warning:
+        summary = f"{len(rows) - failing - warning} ok, {warning} warning, {failing} failing"
+    else:
+        summary = f"All {len(rows)} rules hold"
+    summary += f" (verdicts look back {span(window)})"
+    fresh = freshness(view, server=True)
+    return RulesPanel(rows, summary, not (failing or warning), span(window), fresh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,6 +844,11 @@ class ProbePanel:
     facts: tuple[Fact, ...]
     last_error: str | None
     hidden_note: str | None
+    line: str = ""  # the whole panel in one line while all is well
+
+    @property
+    def calm(self) -> bool:
+        return self.status == "ok" and not self.hidden_note
 
 
 def build_probe(view: MonitorView, ctx: RenderContext) -> ProbePanel:
@@ -640,7 +877,12 @@ def build_probe(view: MonitorView, ctx: RenderContext) -> ProbePanel:
             f"{server.hidden_queries} session(s) hide their query text from the probe's role; "
             "grant it pg_read_all_stats to see them"
         )
-    return ProbePanel(status, label, facts, last_error, hidden_note)
+    line = (
+        f"last success {ago(server.last_success_at, now)}, "
+        f"{duration(durations[-1]) if durations else NOTHING}; "
+        f"{server.probes_total} probes, {server.errors_total} errors"
+    )
+    return ProbePanel(status, label, facts, last_error, hidden_note, line)
 
 
 # ---- demo buttons ----------------------------------------------------------------------------

@@ -52,7 +52,10 @@ def test_load_against_a_served_app(
     assert app.state.engine.pool.checkedout() == 0
 
     progress = capsys.readouterr().err
-    assert "\r[" in progress and "req/s" in progress and progress.endswith("\n")
+    assert "\r[" in progress and "req/s now" in progress and progress.endswith("\n")
+    assert "req/s overall" in progress.splitlines()[-1]
+    # Longer than the app's pool timeout (1 s here), so a 503 arrives before the client gives up.
+    assert summary.request_timeout_s == 30.0 and summary.unavailable == 0
 
 
 def test_summary_is_an_aligned_table() -> None:
@@ -69,16 +72,19 @@ def test_summary_is_an_aligned_table() -> None:
             OperationSummary("create_user", 200, 3, 2.0, 5.0, 13.0),
             OperationSummary("list_products", 1034, 0, 1.4, 4.0, 11.5),
         ),
-        error_kinds=(("create_user: HTTP 503", 3),),
+        error_kinds=(("create_user: HTTP 503", 5), ("create_user: ReadTimeout", 3)),
+        unavailable=5,
     )
     text = format_summary(summary)
     lines = text.splitlines()
-    table = lines[lines.index("") + 1 : lines.index("errors:") - 1]
-    assert table[0].split()[:3] == ["operation", "requests", "errors"]
+    table = lines[lines.index("") + 1 : lines.index("not answered as expected:") - 1]
+    assert table[0].split()[:3] == ["operation", "requests", "failed"]
     assert table[0].endswith("p50 ms  p95 ms  p99 ms")
     assert table[-1].split() == ["total", "1234", "3", "1.5", "4.3", "12.0"]
     assert len({len(line) for line in table}) == 1, "columns are not aligned"
-    assert "617.0 req/s" in text and "create_user: HTTP 503  3" in text
+    assert "617.0 req/s" in text and "create_user: HTTP 503     5" in text
+    assert "1226 answered as expected, 5 answered 503" in text
+    assert "3 failed unexpectedly" in text and "request timeout 30 s" in text
 
 
 def test_unreachable_target_is_refused_before_the_run() -> None:
@@ -146,8 +152,30 @@ def test_cli_load_exits_zero_with_http_errors(
         for connection in connections:
             connection.close()
     out = capsys.readouterr().out
+    # Waited past the pool timeout (1 s): the app's 503s are answers, the run succeeded.
     assert code == 0
-    assert "errors:" in out and "HTTP 503" in out
+    assert "not answered as expected:" in out and "HTTP 503" in out
+    assert "0 failed unexpectedly" in out and "ReadTimeout" not in out
+
+
+def test_cli_load_exits_non_zero_when_requests_fail_unexpectedly(
+    served_app: tuple[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, app = served_app
+    # A client timeout shorter than the pool timeout (1 s): no answer at all, a real failure.
+    connections = [app.state.engine.connect() for _ in range(5)]
+    try:
+        code = cli.main(
+            ["load", "--url", base, "--duration", "1", "--concurrency", "2", "--no-progress",
+             "--timeout", "0.3"]
+        )  # fmt: skip
+    finally:
+        for connection in connections:
+            connection.close()
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "ReadTimeout" in captured.out
+    assert "request(s) failed unexpectedly" in captured.err
 
 
 def test_background_load_is_gentle_and_stops(served_app: tuple[str, Any]) -> None:
@@ -198,6 +226,10 @@ def test_demo_command_starts_the_background_load(schema_url: URL) -> None:
     assert process.returncode in (0, -signal.SIGTERM)
     assert "background load running" in output
     assert "demo scenario routes are enabled" in output
+    # One clear block ends the start-up; no access log line per request by default.
+    assert f"dashboard   {base}/monitor/" in output and f"metrics     {base}/metrics" in output
+    assert f"{base}/demo/leak" in output
+    assert '"GET /products' not in output and '"GET /users' not in output
 
 
 def test_percentile_is_a_measured_value_by_nearest_rank() -> None:

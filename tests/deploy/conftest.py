@@ -47,17 +47,17 @@ POOL_METRICS = frozenset(
         "pool_monitor_phantom_connections",
     }
 )
-"""Metrics carrying the `pool_name` label."""
+"""Metrics carrying the `db_client_connection_pool_name` label."""
 
 SERVER_METRICS = frozenset(
     {
-        "pg_up",
-        "pg_stat_activity_count",
-        "pg_stat_activity_max_tx_duration",
-        "pg_settings_max_connections",
-        "pg_settings_superuser_reserved_connections",
-        "pg_settings_reserved_connections",
-        "pool_monitor_blocked_sessions",
+        "pool_monitor_server_up",
+        "pool_monitor_server_sessions",
+        "pool_monitor_server_max_transaction_seconds",
+        "pool_monitor_server_max_connections",
+        "pool_monitor_server_superuser_reserved_connections",
+        "pool_monitor_server_reserved_connections",
+        "pool_monitor_server_blocked_sessions",
         "pool_monitor_server_connections_used_ratio",
         "pool_monitor_probe_duration_seconds",
         "pool_monitor_probe_errors_total",
@@ -66,7 +66,7 @@ SERVER_METRICS = frozenset(
         "pool_monitor_probe_hidden_queries",
     }
 )
-"""Server-side and probe metrics: no `pool_name` label."""
+"""Server-side and probe metrics: no pool label."""
 
 HISTOGRAMS = frozenset(
     {
@@ -78,6 +78,19 @@ HISTOGRAMS = frozenset(
 
 BASE_METRICS = POOL_METRICS | SERVER_METRICS
 
+# postgres_exporter's series that the dashboard and the alerts use (job `postgres`), and
+# Prometheus' own `up`. None of them is the app's: the app exports no `pg_*`.
+POSTGRES_EXPORTER_METRICS = frozenset(
+    {
+        "pg_up",
+        "pg_stat_activity_count",
+        "pg_stat_activity_max_tx_duration",
+        "pg_settings_max_connections",
+        "pg_settings_superuser_reserved_connections",
+    }
+)
+PROMETHEUS_METRICS = frozenset({"up"})
+
 
 def series_names(base: str) -> set[str]:
     """The series names one metric family exposes (a histogram has no bare series)."""
@@ -86,7 +99,9 @@ def series_names(base: str) -> set[str]:
     return {base}
 
 
-KNOWN_METRICS = frozenset(name for base in BASE_METRICS for name in series_names(base))
+APP_SERIES = frozenset(name for base in BASE_METRICS for name in series_names(base))
+KNOWN_METRICS = APP_SERIES | POSTGRES_EXPORTER_METRICS | PROMETHEUS_METRICS
+"""Every series name alerts and panels may use."""
 
 
 def base_metric(name: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 MACROS = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
-DEFAULT_VARIABLES = frozenset({"job", "instance", "pool_name"})
+DEFAULT_VARIABLES = frozenset({"job", "instance", "pool_name", "pg_job", "pg_instance"})
 MATCH_ALL = ".+"
 
 # $var, ${var}, ${var:format} and the legacy [[var]] / [[var:format]].

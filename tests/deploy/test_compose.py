@@ -49,7 +49,7 @@ def test_compose_spec_schema(check_jsonschema: str) -> None:
 
 def test_expected_services_without_obsolete_version(compose: dict[str, Any]) -> None:
     assert "version" not in compose
-    assert set(services(compose)) == {"db", "app", "prometheus", "grafana"}
+    assert set(services(compose)) == {"db", "app", "postgres-exporter", "prometheus", "grafana"}
 
 
 def test_ports_bind_to_loopback(compose: dict[str, Any]) -> None:
@@ -69,6 +69,20 @@ def test_images_are_tag_pinned(compose: dict[str, Any]) -> None:
         assert tag != "latest", f"{name}: {image}"
     assert services(compose)["db"]["image"].startswith("postgres:18")
     assert services(compose)["prometheus"]["image"].startswith("prom/prometheus:v3.")
+    exporter = services(compose)["postgres-exporter"]["image"]
+    assert exporter.startswith("quay.io/prometheuscommunity/postgres-exporter:v0.")
+
+
+def test_postgres_exporter_scrapes_the_apps_database(compose: dict[str, Any]) -> None:
+    exporter = services(compose)["postgres-exporter"]
+    env = exporter["environment"]
+    assert env["DATA_SOURCE_URI"].startswith("db:5432/app")
+    assert REQUIRED_REF.match(env["DATA_SOURCE_PASS"])
+    assert "ports" not in exporter  # only Prometheus reads it, inside the compose network
+    config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "postgres"]
+    (target,) = [t for sc in job["static_configs"] for t in sc["targets"]]
+    assert target == "postgres-exporter:9187"  # the image's default listen port
 
 
 def test_secrets_come_from_the_environment(compose: dict[str, Any]) -> None:
@@ -142,7 +156,11 @@ def test_prometheus_loads_the_mounted_config(compose: dict[str, Any]) -> None:
 def test_scrape_target_is_the_app_port(compose: dict[str, Any]) -> None:
     config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
     (target,) = [
-        t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+        t
+        for job in config["scrape_configs"]
+        if job["job_name"] == "pool-monitor"
+        for sc in job["static_configs"]
+        for t in sc["targets"]
     ]
     host, port = target.split(":")
     app = services(compose)[host]

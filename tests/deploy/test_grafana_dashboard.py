@@ -17,6 +17,7 @@ from tests.deploy.conftest import (
     DATASOURCE_FILE,
     KNOWN_METRICS,
     POOL_METRICS,
+    POSTGRES_EXPORTER_METRICS,
     PROMETHEUS_DIR,
     PROVIDER_FILE,
     base_metric,
@@ -36,7 +37,16 @@ SCHEMA_VERSION = 41  # what the pinned Grafana 12.1 writes; it migrates older ve
 PANEL_TYPES = {"row", "timeseries", "stat", "gauge", "bargauge", "table", "text"}
 ANGULAR_TYPES = {"graph", "singlestat", "table-old", "grafana-piechart-panel"}
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
-QUERY_VARIABLES = ("job", "instance", "pool_name")
+# Dashboard variable -> the label it lists.
+QUERY_VARIABLES = {
+    "job": "job",
+    "instance": "instance",
+    "pool_name": "db_client_connection_pool_name",
+    "pg_job": "job",
+    "pg_instance": "instance",
+}
+# Grafana units of per-second rates.
+RATE_UNITS = {"ops", "cps", "reqps"}
 SELECTOR = re.compile(r"([A-Za-z_:][\w:]*)\{([^}]*)\}")
 
 
@@ -122,16 +132,18 @@ def test_datasources_resolve_to_the_provisioned_one(
 
 
 def test_query_variables(variables: dict[str, dict[str, Any]]) -> None:
-    for name in QUERY_VARIABLES:
+    for name, label_name in QUERY_VARIABLES.items():
         var = variables[name]
         assert var["type"] == "query" and var["multi"] and var["includeAll"], name
         assert var["datasource"] == DATASOURCE_REF, name
         selector, label = label_values_query(var["query"])
-        assert label == name
+        assert label == label_name
         assert selector is not None and metric_names(selector) <= KNOWN_METRICS, name
     # Each variable narrows down by the ones before it.
     assert 'job=~"$job"' in variables["instance"]["query"]
     assert 'instance=~"$instance"' in variables["pool_name"]["query"]
+    assert 'job=~"$pg_job"' in variables["pg_instance"]["query"]
+    assert "pg_up" in variables["pg_job"]["query"]  # postgres_exporter's own series
 
 
 def test_every_selector_is_filtered_by_the_variables(
@@ -144,9 +156,13 @@ def test_every_selector_is_filtered_by_the_variables(
         # A bare metric without {...} would escape the filters.
         assert {name for name, _ in selectors} == metric_names(expr), title
         for name, matchers in selectors:
+            if name in POSTGRES_EXPORTER_METRICS:  # postgres_exporter's job and instance
+                assert 'job=~"$pg_job"' in matchers, title
+                assert 'instance=~"$pg_instance"' in matchers, title
+                continue
             assert 'job=~"$job"' in matchers and 'instance=~"$instance"' in matchers, title
             if base_metric(name) in POOL_METRICS:
-                assert 'pool_name=~"$pool_name"' in matchers, title
+                assert 'db_client_connection_pool_name=~"$pool_name"' in matchers, title
 
 
 def test_ranges_use_rate_interval(targets: list[tuple[str, dict[str, Any]]]) -> None:
@@ -162,8 +178,30 @@ def test_dashboard_covers_every_exposed_metric(
     targets: list[tuple[str, dict[str, Any]]],
 ) -> None:
     used = {base_metric(n) for _, t in targets for n in metric_names(t["expr"])}
-    assert used <= BASE_METRICS, f"unknown metrics: {sorted(used - BASE_METRICS)}"
+    known = BASE_METRICS | POSTGRES_EXPORTER_METRICS
+    assert used <= known, f"unknown metrics: {sorted(used - known)}"
     assert BASE_METRICS - used == set(), "metrics without a panel"
+    assert {"pg_stat_activity_count", "pg_settings_max_connections"} <= used  # cluster-wide
+
+
+def test_counters_are_rates_per_second(panels: list[dict[str, Any]]) -> None:
+    for panel in panels:
+        exprs = [t["expr"] for t in panel.get("targets", [])]
+        assert not any("increase(" in e for e in exprs), f"{panel['title']}: increase()"
+        counters = [n for e in exprs for n in metric_names(e) if n.endswith(("_total", "_bucket"))]
+        for expr in exprs:
+            for name in metric_names(expr):
+                if name.endswith("_total"):
+                    assert f"rate({name}" in expr, f"{panel['title']}: {name} not as rate()"
+        only_rates = all(any(n.endswith("_total") for n in metric_names(e)) for e in exprs)
+        if counters and only_rates:
+            assert panel["fieldConfig"]["defaults"]["unit"] in RATE_UNITS, panel["title"]
+
+
+def test_pool_worst_case_is_set_against_max_connections(panels: list[dict[str, Any]]) -> None:
+    (headroom,) = (p for p in panels if p["title"] == "max_connections headroom")
+    exprs = " ".join(t["expr"] for t in headroom["targets"])
+    assert "sum(db_client_connection_max{" in exprs and "pg_settings_max_connections{" in exprs
 
 
 def test_panel_queries_substitute_everything() -> None:
@@ -220,3 +258,12 @@ def test_substitute(expr: str, expected: str) -> None:
 )
 def test_metric_names(expr: str, expected: set[str]) -> None:
     assert metric_names(expr) == expected
+
+
+def test_server_facts_are_never_summed_over_instances(
+    targets: list[tuple[str, dict[str, Any]]],
+) -> None:
+    # Every instance reports the same pool_monitor_server_* numbers: max, never sum.
+    summed = re.compile(r"\bsum\s*(?:by\s*\([^)]*\)\s*)?\(\s*pool_monitor_server_")
+    for title, target in targets:
+        assert not summed.search(target["expr"]), title

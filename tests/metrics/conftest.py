@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL
 
+from monitor.metrics import names
 from monitor.metrics.collector import MonitorCollector
 from monitor.pool_monitor import PoolMonitor
 from tests.conftest import url_string
@@ -21,6 +22,7 @@ from tests.conftest import url_string
 T = TypeVar("T")
 
 POOL = "app"  # pool_logging_name of the demo app's engine
+POOL_LABELS = {names.POOL_NAME: POOL}  # the pool label of every pool-side series
 OUTSIDE_APPLICATION = "pool-monitor-test-outside"
 
 
@@ -58,7 +60,7 @@ def registry(monitor: PoolMonitor) -> CollectorRegistry:
 
 @pytest.fixture
 def sample(registry: CollectorRegistry) -> Callable[..., float | None]:
-    """`sample(name, **labels)`: one value of the current scrape (pool_name defaults to the app's)."""
+    """`sample(name, **labels)`: one value of the current scrape, None when not exposed."""
 
     def read(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)

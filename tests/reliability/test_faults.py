@@ -535,7 +535,7 @@ def test_blackholed_database_keeps_probe_and_metrics_bounded(
                 elapsed, status, body = _timed_get(client, path)
                 durations.append(elapsed)
                 statuses.append(status)
-                if path == "/metrics" and saw_down is None and "pg_up 0.0" in body:
+                if path == "/metrics" and saw_down is None and "pool_monitor_server_up 0.0" in body:
                     saw_down = time.monotonic() - blackholed_at
             time.sleep(0.1)
         during = health.snapshot()
@@ -554,13 +554,13 @@ def test_blackholed_database_keeps_probe_and_metrics_bounded(
         recovery_s = time.monotonic() - passed_at
 
     print(
-        f"\nblackhole: probe attempts {[round(d, 2) for d in probe_durations]} s, pg_up 0 after "
+        f"\nblackhole: probe attempts {[round(d, 2) for d in probe_durations]} s, pool_monitor_server_up 0 after "
         f"{saw_down} s; /metrics median {median(timings['/metrics']) * 1000:.1f} ms, /healthz "
         f"median {median(timings['/healthz']) * 1000:.1f} ms; recovery {recovery_s:.2f} s"
     )
     assert all(status == 200 for status in statuses)
     assert median(timings["/metrics"]) < 0.2 and median(timings["/healthz"]) < 0.2
-    assert saw_down is not None, "pg_up never went to 0 while blackholed"
+    assert saw_down is not None, "pool_monitor_server_up never went to 0 while blackholed"
     assert during.up is False
     # The probe keeps ticking (never wedged), each attempt bounded.
     assert new_probes >= 2 and probe_durations
@@ -634,7 +634,7 @@ def test_app_starts_while_database_is_down_then_recovers(
         assert wait_for(lambda: health.snapshot().up is False, 3)
         assert client.get("/monitor/api/snapshot").json()["server"]["up"] is False
         metrics = client.get("/metrics")
-        assert metrics.status_code == 200 and "pg_up 0.0" in metrics.text
+        assert metrics.status_code == 200 and "pool_monitor_server_up 0.0" in metrics.text
         dashboard = client.get("/monitor/")
         if dashboard.status_code != 404:  # the dashboard is built elsewhere; absent means skip
             assert dashboard.status_code == 200

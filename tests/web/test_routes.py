@@ -56,17 +56,19 @@ def test_dashboard_and_partials_show_a_held_connection(client: TestClient) -> No
         assert page.headers["cache-control"] == "no-store"
         html = page.text
         # The first render is complete without JavaScript: the data is in the page itself.
-        assert f'<td class="num r">{pid}</td>' in html
+        assert f'data-label="pid">{pid}</td>' in html
         assert "idle in transaction" in html and "test_routes.py:" in html
 
+        # Held past the threshold: listed once, as a suspected leak, not again among the held.
         held = client.get("/monitor/partials/held")
-        assert held.status_code == 200 and f">{pid}<" in held.text
-        assert "MainThread (no request)" in held.text
+        assert held.status_code == 200 and f">{pid}<" not in held.text
+        assert "1 of them under suspected leaks" in held.text
         leaks = client.get("/monitor/partials/leaks")
         assert 'id="leaks-current"' in leaks.text and "idle in transaction" in leaks.text
+        assert f">{pid}<" in leaks.text and "MainThread (no request)" in leaks.text
         assert "pool-monitor-app" in client.get("/monitor/partials/server").text
         combined = _oob_parts(client.get("/monitor/partials").text)
-        assert f">{pid}<" in combined[poll_target("held")]
+        assert f">{pid}<" in combined[poll_target("leaks")]
         assert "idle in transaction" in combined[poll_target("leaks")]
         for url in PARTIALS:
             response = client.get(url)
@@ -111,7 +113,8 @@ def test_vendored_htmx_matches_the_integrity_attribute(client: TestClient) -> No
     html = client.get("/monitor/").text
     match = re.search(
         r'<script src="https://cdn\.jsdelivr\.net/npm/htmx\.org@2\.0\.11/dist/htmx\.min\.js" '
-        r'integrity="(sha384-[A-Za-z0-9+/=]+)" crossorigin="anonymous"></script>',
+        r'integrity="(sha384-[A-Za-z0-9+/=]+)" crossorigin="anonymous" async id="htmx-cdn">'
+        r"</script>",
         html,
     )
     assert match is not None, "the CDN script tag with integrity and crossorigin is missing"
@@ -119,11 +122,15 @@ def test_vendored_htmx_matches_the_integrity_attribute(client: TestClient) -> No
     assert served.status_code == 200 and served.content == VENDORED.read_bytes()
     digest = base64.b64encode(hashlib.sha384(served.content).digest()).decode()
     assert match.group(1) == f"sha384-{digest}" == HTMX_SRI
-    # The fallback loads the same file when window.htmx is missing (CDN blocked or offline).
-    assert (
-        'window.htmx || document.write(\'<script src="\' + "/monitor/static/vendor/htmx-2.0.11.min.js"'
-        in html
-    )
+    # No inline script: dashboard.js (deferred, same origin) loads the same file when the CDN
+    # has not delivered; neither script blocks rendering.
+    assert '<script src="/monitor/static/dashboard.js" defer' in html
+    assert 'data-htmx-local="/monitor/static/vendor/htmx-2.0.11.min.js"' in html
+    assert re.search(r"<script>|<script [^>]*>[^<]", html) is None, "an inline script"
+    assert "loadVendoredHtmx" in client.get("/monitor/static/dashboard.js").text
+    favicon = client.get("/monitor/static/favicon.svg")
+    assert favicon.status_code == 200 and favicon.text.startswith("<svg")
+    assert 'rel="icon" href="/monitor/static/favicon.svg"' in html
     assert "Zero-Clause BSD" in (ROOT / "static" / "vendor" / "htmx.LICENSE").read_text()
     assert client.get("/monitor/static/app.css").status_code == 200
 

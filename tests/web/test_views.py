@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from monitor.state.holders import Holder
 from monitor.state.records import (
     GcReclaim,
     LeakClass,
     LeakRecord,
+    MultiConnectionRequest,
     PoolTimeoutRecord,
     SlowQueryGroup,
 )
@@ -34,29 +36,72 @@ from tests.web.snapshots import (
 # ---- held connections ------------------------------------------------------------------------
 
 
-def test_held_row_joins_server_state_timer_and_site() -> None:
+def test_suspects_are_grouped_in_the_leaks_panel_with_server_state_timer_and_site() -> None:
     leak = dataclasses.replace(connection(), leak_class=LeakClass.IDLE_IN_TRANSACTION)
     view = make_view(
         pool(connections=(leak, connection(slot=2, pid=102, held_s=None)), checked_out=1),
         server((backend(101, "idle in transaction"), backend(102, "idle"))),
         stats(checked_out=1),
     )
-    panel = views.build_held(view, CTX)
-    (row,) = panel.rows
-    assert (row.slot, row.pid, row.route, row.request_id) == (
-        1,
-        "101",
-        "GET /items/{item_id}",
-        "req-1",
+    held = views.build_held(view, CTX)
+    assert held.groups == () and held.calm  # one line: the suspects are in the leaks panel
+    assert (
+        held.summary == "1 of 10 connection(s) checked out; 1 of them under suspected leaks, above"
     )
-    assert row.age == "5.0 s" and row.xact_age == "5.0 s"
-    assert row.server_state == "idle in transaction" and row.wait_event == "Client: ClientRead"
-    assert row.status == "fail" and row.leak == "idle in transaction"
-    # idle_in_transaction_session_timeout is 60 s and the state is 5 s old.
-    assert row.kill == "55.0 s (idle_in_transaction_session_timeout)"
-    assert row.site_summary == "app/routes.py:42"
-    assert row.site[0] == SiteFrame("app/routes.py:42", "read_items", SITE[0].source)
-    assert panel.summary == "1 of 10 connection(s) checked out"
+    (group,) = views.build_leaks(view, CTX).current
+    assert (group.route, group.site_summary, group.count) == (
+        "GET /items/{item_id}",
+        "app/routes.py:42",
+        1,
+    )
+    assert group.site[0] == SiteFrame("app/routes.py:42", "read_items", SITE[0].source)
+    assert (group.status, group.leak, group.state) == (
+        "fail",
+        "idle in transaction",
+        "idle in transaction",
+    )
+    (row,) = group.rows
+    assert (row.slot, row.pid, row.request_id, row.age) == (1, "101", "req-1", "5.0 s")
+    # The server sampled 1 s before the pool: its ages are brought up to the pool's instant.
+    assert row.xact_age == "6.0 s" and row.wait_event == "Client: ClientRead"
+    # idle_in_transaction_session_timeout is 60 s, the state was 5 s old a second ago.
+    assert row.kill == "54.0 s (idle_in_transaction_session_timeout)"
+
+
+def test_ten_connections_at_one_site_are_one_group_with_an_age_range() -> None:
+    conns = tuple(connection(slot=i, pid=100 + i, held_s=float(i)) for i in range(1, 11))
+    other = dataclasses.replace(
+        connection(slot=11, pid=111, held_s=20.0),
+        holder=Holder("request", "POST /orders", "req-2"),
+    )
+    backends = tuple(backend(100 + i, "idle" if i % 2 else "active") for i in range(1, 12))
+    view = make_view(
+        pool(connections=(*conns, other), checked_out=11), server(backends), stats(checked_out=11)
+    )
+    panel = views.build_held(view, CTX)
+    assert [(g.route, g.count) for g in panel.groups] == [
+        ("POST /orders", 1),  # the oldest first
+        ("GET /items/{item_id}", 10),
+    ]
+    group = panel.groups[1]
+    assert group.ages == "1.0 s to 10.0 s" and group.state == "active"
+    assert len(group.rows) == 10 and group.key == panel.groups[1].key
+
+
+def test_a_server_sample_older_than_the_checkout_is_not_shown_beside_it() -> None:
+    # Checked out 0.5 s ago; the sample is 1 s old: its row is the previous holder's session.
+    fresh = connection(held_s=0.5)
+    view = make_view(
+        pool(connections=(fresh,), checked_out=1),
+        server((backend(101, "idle in transaction"),)),
+        stats(checked_out=1),
+    )
+    (group,) = views.build_held(view, CTX).groups
+    (row,) = group.rows
+    assert row.server_state == "waiting for the next probe"
+    assert (row.xact_age, row.query, row.kill) == ("—", "—", "—")
+    assert views.freshness(view, server=True).endswith("server data 1.0 s old")
+    assert not any(r.status == "fail" for r in views.build_rules(view, CTX).rows)
 
 
 # ---- degraded server -------------------------------------------------------------------------
@@ -73,7 +118,7 @@ def test_database_down_since_start_degrades_every_panel() -> None:
     assert "never succeeded" in status.banner.title
     assert "connection refused" in status.banner.detail
     assert status.status == "fail" and status.server_version == "—"
-    assert views.build_held(view, CTX).rows[0].server_state == "unknown (server down)"
+    assert views.build_held(view, CTX).groups[0].rows[0].server_state == "unknown (server down)"
     assert server_panels.build_server(view, CTX).available is False
     assert server_panels.build_blocking(view, CTX).available is False
     assert server_panels.build_orphans(view, CTX).available is False
@@ -93,7 +138,7 @@ def test_stale_sample_is_shown_as_stale_and_not_joined() -> None:
     assert "1.0 s ago" in banner.detail
     panel = server_panels.build_server(view, CTX)
     assert panel.available and panel.stale == "stale: last successful probe 1.0 s ago"
-    assert views.build_held(view, CTX).rows[0].query == "—"
+    assert views.build_held(view, CTX).groups[0].rows[0].query == "—"
 
 
 def test_waiting_for_first_probe() -> None:
@@ -107,18 +152,31 @@ def test_waiting_for_first_probe() -> None:
 # ---- leaks, timeouts, slow queries -----------------------------------------------------------
 
 
-def test_leak_rows_by_class_resolved_history_and_gc_reclaims() -> None:
+def test_leaks_panel_lists_recent_endings_and_gc_reclaims_grouped_and_counts_older_ones() -> None:
     current = LeakRecord(1, 101, HOLDER, SITE, LeakClass.IDLE_IN_TRANSACTION, NOW - 4, 14.0)
-    resolved = dataclasses.replace(
-        current, slot_id=2, leak_class=LeakClass.IDLE, held_for_s=20.0,
-        resolved_at=NOW - 30, how_resolved="gc_reclaimed",
-    )  # fmt: skip
+    ended = [
+        dataclasses.replace(
+            current,
+            slot_id=slot,
+            leak_class=LeakClass.IDLE,
+            held_for_s=20.0 + slot,
+            resolved_at=NOW - 30 - slot,
+            how_resolved="returned",
+        )
+        for slot in (2, 3)
+    ]
+    old = dataclasses.replace(ended[0], resolved_at=NOW - 5000)  # before the 900 s window
+    by_gc = dataclasses.replace(ended[0], how_resolved="gc_reclaimed")  # shown as a reclaim
     reclaim = GcReclaim(NOW - 30, 2, HOLDER, SITE, 20.0)
+    leak_conn = dataclasses.replace(
+        connection(held_s=14.0), leak_class=LeakClass.IDLE_IN_TRANSACTION
+    )
     snapshot = pool(
-        leaks=(current,), resolved_leaks=(resolved,), gc_reclaims=(reclaim,),
-        counters=counters(gc_reclaimed=1, leaks_by_class={"idle_in_transaction": 3, "idle": 1}),
+        connections=(leak_conn,), checked_out=1, leaks=(current,),
+        resolved_leaks=(*ended, old, by_gc), gc_reclaims=(reclaim,),
+        counters=counters(gc_reclaimed=1, leaks_by_class={"idle_in_transaction": 3, "idle": 3}),
     )  # fmt: skip
-    panel = views.build_leaks(make_view(snapshot), CTX)
+    panel = views.build_leaks(make_view(snapshot, pool_stats=stats(checked_out=1)), CTX)
     by_class = {c.label: c for c in panel.by_class}
     assert (by_class["idle in transaction"].current, by_class["idle in transaction"].total) == (
         1,
@@ -126,38 +184,60 @@ def test_leak_rows_by_class_resolved_history_and_gc_reclaims() -> None:
     )
     assert by_class["idle in transaction"].status == "fail"
     assert (by_class["idle but held"].current, by_class["idle but held"].status) == (0, "ok")
-    (row,) = panel.current
-    assert (row.leak, row.route, row.held, row.when) == (
-        "idle in transaction",
-        "GET /items/{item_id}",
-        "14.0 s",
-        "4.0 s ago",
-    )
-    assert row.site_summary == "app/routes.py:42" and row.outcome == ""
-    (old,) = panel.resolved
-    assert old.outcome == "reclaimed by the garbage collector" and old.when == "30.0 s ago"
-    assert old.status == "warn"
-    assert panel.gc_reclaims[0].held == "20.0 s" and panel.gc_total == 1
+    (group,) = panel.current
+    assert (group.count, group.ages, group.leak) == (1, "14.0 s", "idle in transaction")
+    (ended_group,) = panel.ended
+    assert ended_group.count == 2 and ended_group.held == "22.0 s to 23.0 s"
+    assert ended_group.outcome == "idle but held, returned to the pool"
+    assert ended_group.when == "32.0 s ago" and ended_group.site_summary == "app/routes.py:42"
+    (gc_group,) = panel.gc_reclaims
+    assert (gc_group.count, gc_group.held, gc_group.status) == (1, "20.0 s", "fail")
+    assert panel.earlier == 1 and panel.gc_total == 1 and panel.calm is False
     assert panel.threshold == "10.0 s"
+    assert views.build_leaks(make_view(), CTX).calm is True
 
 
-def test_timeouts_list_their_holders() -> None:
-    record = PoolTimeoutRecord(NOW - 5, 10.0, (connection(),))
+def test_timeouts_say_who_waited_where_and_group_the_holders() -> None:
+    waiter = Holder("request", "GET /products", "req-9")
+    holders = tuple(connection(slot=i, pid=100 + i, held_s=2.0 + i / 10) for i in range(5))
+    records = tuple(PoolTimeoutRecord(NOW - 5 - i, 1.0, holders, waiter, SITE) for i in range(3))
+    old = PoolTimeoutRecord(NOW - 5000, 1.0, holders, waiter, SITE)
     panel = views.build_timeouts(
-        make_view(pool(timeouts=(record,), counters=counters(timeouts=1))), CTX
+        make_view(pool(timeouts=(*records, old), counters=counters(timeouts=4))), CTX
     )
     (row,) = panel.rows
-    assert (row.when, row.waited, panel.total) == ("5.0 s ago", "10.0 s", 1)
-    assert row.holders[0].route == "GET /items/{item_id}"
-    assert row.holders[0].site_summary == "app/routes.py:42"
+    assert (row.waiter, row.site_summary, row.request_id) == (
+        "GET /products",
+        "app/routes.py:42",
+        "req-9",
+    )
+    assert (row.count, row.waited, row.when, panel.recent, panel.total) == (
+        3,
+        "1.0 s",
+        "5.0 s ago",
+        3,
+        4,
+    )
+    (group,) = row.holders
+    assert (group.route, group.site_summary, group.count, group.held) == (
+        "GET /items/{item_id}",
+        "app/routes.py:42",
+        5,
+        "2.0 s to 2.4 s",
+    )
+    assert views.build_timeouts(make_view(), CTX).calm is True
 
 
-def test_slow_query_rows() -> None:
-    group = SlowQueryGroup("fp", "SELECT * FROM t WHERE a = $1", 4, 8.0, 3.0, NOW - 2, "GET /t")
-    panel = views.build_slow(make_view(pool(slow_queries=(group,))), CTX)
+def test_slow_query_rows_carry_their_site_and_leave_the_window() -> None:
+    group = SlowQueryGroup(
+        "fp", "SELECT * FROM t WHERE a = $1", 4, 8.0, 3.0, NOW - 2, "GET /t", SITE
+    )
+    stale = dataclasses.replace(group, fingerprint="old", last_seen_at=NOW - 5000)
+    panel = views.build_slow(make_view(pool(slow_queries=(group, stale))), CTX)
     (row,) = panel.rows
     assert (row.count, row.total, row.max, row.mean) == (4, "8.0 s", "3.0 s", "2.0 s")
     assert (row.last_route, row.last_seen, panel.threshold) == ("GET /t", "2.0 s ago", "500 ms")
+    assert row.site_summary == "app/routes.py:42" and panel.hidden == 1
 
 
 def test_rules_panel_counts_statuses() -> None:
@@ -165,7 +245,33 @@ def test_rules_panel_counts_statuses() -> None:
     panel = views.build_rules(view, CTX)
     rows = {row.rule: row for row in panel.rows}
     assert rows["Always close sessions"].status_label == "Failing"
-    assert panel.summary.endswith("1 failing")
+    assert panel.summary == "7 ok, 0 warning, 1 failing (verdicts look back 15 min)"
+    since = rows["Always close sessions"].since
+    assert since.startswith("since ") and since.endswith(", still now")
+    status = views.build_status(view, CTX)
+    assert (status.status_label, status.since) == ("Failing", since)
+    assert status.reason == "Always close sessions: 1 connection(s) held past 10 s now"
+
+
+def test_status_reason_names_a_past_gc_reclaim_and_when_it_clears() -> None:
+    reclaim = GcReclaim(NOW - 30, 2, HOLDER, SITE, 20.0)
+    multi = MultiConnectionRequest(NOW - 10, "POST /orders", "req-3", 3, (SITE, SITE, SITE[1:]))
+    view = make_view(pool(gc_reclaims=(reclaim,), multi_connection_requests=(multi,)))
+    status = views.build_status(view, CTX)
+    assert status.reason == (
+        "Always close sessions: 1 reclaimed by the garbage collector in the last 15 min"
+    )
+    assert status.since == (
+        "since 03:32:50 UTC; last seen 30.0 s ago, OK at 03:47:50 UTC unless it recurs"
+    )
+    rows = {row.rule: row for row in views.build_rules(view, CTX).rows}
+    assert rows["One session per request"].status == "warn"
+    assert rows["One session per request"].evidence == (
+        "POST /orders held 3 at once, taken at app/routes.py:42 (x2), app/main.py:7",
+    )
+    # Outside the window the same records are history, not a verdict.
+    later = make_view(pool(taken_at=NOW + 1000, gc_reclaims=(reclaim,)))
+    assert views.build_status(later, CTX).status == "ok"
 
 
 # ---- gauges and history ----------------------------------------------------------------------
@@ -241,4 +347,12 @@ def test_every_panel_builds_on_an_idle_pool() -> None:
     view = make_view()
     for name in views.PANEL_NAMES:
         assert views.build_panel(name, view, CTX) is not None, name
-    assert views.build_held(view, CTX).summary == "no connection checked out"
+    assert views.build_held(view, CTX).summary == "Nothing checked out right now."
+
+
+def test_the_pool_rule_says_none_for_a_setting_that_is_not_set() -> None:
+    no_recycle = dataclasses.replace(stats(), recycle_s=None, pre_ping=False)
+    rows = {r.rule: r for r in views.build_rules(make_view(pool_stats=no_recycle), CTX).rows}
+    why = rows["Use the pool"].why
+    assert "recycle none" in why and "timeout 10 s" in why and "Nones" not in why
+    assert rows["Use the pool"].status == "warn" and "no pool_recycle" in why
