@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine
@@ -20,9 +19,12 @@ from monitor.embedded import EmbeddedPostgres
 from monitor.errors import install_error_handlers
 from monitor.instrumentation.pools_seen import ignore_pool
 from monitor.pool_monitor import PoolMonitor
-from monitor.settings import Settings
+from monitor.settings import Settings, parse_route_ceilings
 from monitor.urls import app_url, hide_dsn_in_pool_logs, mask_url
+from monitor.web.auth import TokenGate
+from monitor.web.body_limit import BodyLimit
 from monitor.web.install import add_monitor_routes
+from monitor.web.trusted_hosts import TrustedHosts
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="pool-monitor demo app", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_host_list)
+    app.add_middleware(TrustedHosts, allowed_hosts=settings.trusted_host_list)
+    if settings.demo_routes:
+        app.add_middleware(TokenGate, prefixes=("/demo/",))  # when a dashboard token is set
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # outermost: before reading
     install_error_handlers(app)
     app.include_router(products)
     app.include_router(users)
@@ -90,10 +95,14 @@ def _attach_monitor(
         slow_query_s=settings.slow_query_s,
         probe_interval_s=settings.probe_interval_s,
         probe_timeout_s=settings.probe_timeout_s,
+        long_hold_ceiling_s=settings.long_hold_ceiling_s,
+        long_hold_routes=parse_route_ceilings(settings.long_hold_routes),
+        idle_in_transaction_min_s=settings.idle_in_transaction_min_s,
         verdict_window_s=settings.verdict_window_s,
         dashboard_token=settings.dashboard_token,
         url_source=url_source,
         probe_url=url,
+        pgbouncer_url=settings.pgbouncer_url,
     )
     app.state.pool_monitor = monitor
     monitor.start()

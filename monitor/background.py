@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from monitor.instrumentation.pools_seen import ignore_pool
+from monitor.probes.pgbouncer import PgBouncerProbe
 from monitor.probes.runner import ServerProbe
 from monitor.probes.scheduler import start_scheduler, stop_scheduler
 
@@ -18,6 +19,7 @@ class Background:
     def __init__(self, monitor: PoolMonitor) -> None:
         self._monitor = monitor
         self._probe: ServerProbe | None = None
+        self._pgbouncer: PgBouncerProbe | None = None
         self._scheduler: Any = None
 
     def start(self) -> None:
@@ -32,6 +34,15 @@ class Background:
             )
             ignore_pool(self._probe.engine.pool)
             jobs.insert(0, ("server-probe", self._probe_then_sweep, monitor.probe_interval_s))
+        if monitor.pgbouncer_url is not None and monitor.pgbouncer_health is not None:
+            # Same schedule and time budget as the server probe, on a job of its own.
+            self._pgbouncer = PgBouncerProbe(
+                monitor.pgbouncer_url,
+                monitor.pgbouncer_health,
+                timeout_s=monitor.probe_timeout_s,
+                application_name=PROBE_APPLICATION_NAME,
+            )
+            jobs.append(("pgbouncer-probe", self._pgbouncer.run_once, monitor.probe_interval_s))
         probe = self._probe
 
         def skipped(job_id: str) -> None:
@@ -48,6 +59,7 @@ class Background:
         if self._probe is not None:
             self._probe.close()
             self._probe = None
+        self._pgbouncer = None
 
     def sweep(self) -> None:
         self._monitor.tracker.sweep(self._monitor.server_states())

@@ -11,8 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from monitor.server_limits import ServerLimits
+    from monitor.settings import Settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.handler(args)
     except ValidationError as exc:
-        print(f"pool-monitor: invalid configuration:\n{_settings_errors(exc)}", file=sys.stderr)
+        print(_settings_errors(exc), file=sys.stderr)
         return 2
     return result
 
@@ -148,6 +153,7 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
     import uvicorn
 
     from monitor.app import create_app
+    from monitor.server_limits import uvicorn_options
     from monitor.settings import Settings
 
     port = args.port if args.port is not None else _port_from_env()
@@ -184,6 +190,7 @@ def _run_server(args: argparse.Namespace, *, demo: bool) -> int:
             workers=1,
             log_level="info",
             access_log=args.access_log,
+            **uvicorn_options(server_limits(settings)),
         )
     finally:
         stop_when_up()
@@ -253,6 +260,33 @@ def _when_up(base: str, *, demo: bool, background_load: bool) -> Callable[[], No
     return stop
 
 
+def server_limits(settings: Settings) -> ServerLimits:
+    """The HTTP server's limits from the settings (on by default)."""
+    from monitor.server_limits import ServerLimits
+
+    return ServerLimits(
+        header_timeout_s=settings.header_timeout_s,
+        keep_alive_s=settings.keep_alive_s,
+        max_connections=settings.max_connections,
+    )
+
+
+def _allowed_range(field: str) -> str:
+    from monitor.settings import Settings
+
+    info = Settings.model_fields.get(field)
+    bounds = {
+        key: getattr(item, key)
+        for item in (info.metadata if info else ())
+        for key in ("ge", "le")
+        if getattr(item, key, None) is not None
+    }
+    if len(bounds) != 2:
+        return ""
+    unit = " seconds" if field.endswith("_s") else ""
+    return f" (allowed: {bounds['ge']:g} to {bounds['le']:g}{unit})"
+
+
 def _port(text: str) -> int:
     """An argparse type: a TCP port number."""
     try:
@@ -303,10 +337,14 @@ def _display_host(host: str) -> str:
 
 
 def _settings_errors(exc: ValidationError) -> str:
+    """One line per refused setting, by its environment name; never the value (a URL's
+    password), never a traceback."""
     lines = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"]) or "settings"
-        lines.append(f"  {field}: {error['msg']}")
+        name = "DATABASE_URL" if field.lower() == "database_url" else f"MONITOR_{field.upper()}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"pool-monitor: invalid {name}: {message}{_allowed_range(field)}")
     return "\n".join(lines)
 
 

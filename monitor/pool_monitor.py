@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sysconfig
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -17,15 +18,19 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from monitor.instrumentation.pool_listeners import PoolListeners
-from monitor.instrumentation.pool_stats import queue_waiters, read_pool_stats
+from monitor.instrumentation.pool_stats import pool_checked_out, queue_waiters, read_pool_stats
 from monitor.instrumentation.pools_seen import pools_observed, watch_pools
 from monitor.instrumentation.statements import StatementListeners
+from monitor.state.pgbouncer import PgBouncerHealth, PgBouncerHealthSnapshot
+from monitor.state.pooler import pooler_info, states_by_driver_pid
 from monitor.state.records import PoolSnapshot, PoolStats, to_dict
 from monitor.state.server import ServerHealth, ServerHealthSnapshot
+from monitor.state.session_cap import capped_view
 from monitor.state.sites import SiteCapture
 from monitor.state.tracker import PoolTracker
 from monitor.state.verdicts import VerdictWindow
 from monitor.state.view import LOCAL_HOSTS, AppInfo, MonitorView, build_view
+from monitor.state.visibility import visibility
 from monitor.urls import mask_url
 
 if TYPE_CHECKING:
@@ -82,15 +87,22 @@ class PoolMonitor:
         dashboard_token: str | None = None,
         url_source: str = "engine",
         probe_url: URL | str | None = None,
+        long_hold_ceiling_s: float | None = None,
+        long_hold_routes: Mapping[str, float] | None = None,
+        idle_in_transaction_min_s: float = 1.0,
+        pgbouncer_url: URL | str | None = None,
     ) -> None:
         for name, value in (
             ("leak_threshold_s", leak_threshold_s),
             ("slow_query_s", slow_query_s),
             ("probe_interval_s", probe_interval_s),
             ("probe_timeout_s", probe_timeout_s),
+            ("idle_in_transaction_min_s", idle_in_transaction_min_s),
+            *((("long_hold_ceiling_s", long_hold_ceiling_s),) if long_hold_ceiling_s else ()),
+            *(("long_hold_routes", ceiling) for ceiling in (long_hold_routes or {}).values()),
             ("verdict_window_s", verdict_window_s),
         ):
-            if not isinstance(value, int | float) or not value > 0:
+            if not isinstance(value, int | float) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.engine: Engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         self.is_async = isinstance(engine, AsyncEngine)
@@ -104,6 +116,10 @@ class PoolMonitor:
             leak_threshold_s=float(leak_threshold_s),
             slow_query_s=float(slow_query_s),
             waiters=partial(queue_waiters, self.engine),
+            long_hold_ceiling_s=long_hold_ceiling_s,
+            long_hold_routes=long_hold_routes,
+            idle_in_transaction_min_s=float(idle_in_transaction_min_s),
+            pool_checked_out=partial(pool_checked_out, self.engine),
         )
         capture = (
             SiteCapture(_library_prefixes(), _parent_greenlet_frame) if capture_sites else None
@@ -122,9 +138,20 @@ class PoolMonitor:
         # The probe connects on its own: by default to engine.url, unless the app keeps libpq
         # parameters (a socket directory, TLS files) outside the URL and passes the full one.
         self.probe_url: URL = make_url(probe_url) if probe_url is not None else self.engine.url
+        # PgBouncer's admin console (`pgbouncer` database), read on the probe's schedule.
+        self.pgbouncer_url: URL | None = make_url(pgbouncer_url) if pgbouncer_url else None
+        self.pgbouncer_health = PgBouncerHealth() if self.pgbouncer_url is not None else None
         watch_pools(self.engine.pool)
         self._attached = True
         self._background: Any = None
+
+    @staticmethod
+    def long_hold(ceiling_s: float) -> Callable[[], Any]:
+        """Route dependency: this route may hold a connection up to `ceiling_s`
+        (`dependencies=[Depends(monitor.long_hold(120))]`)."""
+        from monitor.instrumentation.attribution import allow_long_hold
+
+        return allow_long_hold(ceiling_s)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -179,7 +206,8 @@ class PoolMonitor:
         """Pool and server joined, capacity and rule verdicts: what every reader shows.
         `detail=False` leaves out histories, sites and record lists (enough for metrics)."""
         health = self.server_health.snapshot()
-        pool = self.tracker.snapshot(_states(health), detail=detail)
+        pgbouncer = self.pgbouncer_health.snapshot() if self.pgbouncer_health else None
+        pool = self.tracker.snapshot(self._states(health, pgbouncer), detail=detail)
         url = self.probe_url  # the full URL: sslmode and socket host live in its query
         host = url.host or ""
         app = AppInfo(
@@ -189,16 +217,34 @@ class PoolMonitor:
             sslmode=_sslmode(url.query.get("sslmode")),
             pools_observed=pools_observed(),
         )
-        return build_view(pool, self.pool_stats(), health, app, self.verdicts)
+        return build_view(pool, self.pool_stats(), health, app, self.verdicts, pgbouncer=pgbouncer)
 
     def snapshot(self) -> dict[str, Any]:
-        """The data of `/monitor/api/snapshot`: plain, JSON-serialisable."""
-        result: dict[str, Any] = to_dict(self.view())
+        """The data of `/monitor/api/snapshot`: plain, JSON-serialisable; session lists capped
+        (`session_lists` states the cap and counts the rest by state)."""
+        view, caps = capped_view(self.view())
+        result: dict[str, Any] = to_dict(view)
+        result["session_lists"] = caps
+        result["server_visibility"] = visibility(view.server)
         return result
 
     def server_states(self) -> dict[int, str | None] | None:
         """pid -> pg_stat_activity.state from the last successful probe (None when stale)."""
-        return _states(self.server_health.snapshot())
+        health = self.server_health.snapshot()
+        return self._states(
+            health, self.pgbouncer_health.snapshot() if self.pgbouncer_health else None
+        )
+
+    def _states(
+        self, health: ServerHealthSnapshot, pgbouncer: PgBouncerHealthSnapshot | None
+    ) -> dict[int, str | None] | None:
+        states = _states(health)
+        info = pooler_info(health, pgbouncer)
+        if states is None or not info.detected:
+            return states
+        # Behind a pooler the drivers' pids are PgBouncer's keys: translate through the join.
+        connections = self.tracker.snapshot(None, detail=False).connections
+        return states_by_driver_pid(connections, info, pgbouncer, states)
 
 
 def _states(health: ServerHealthSnapshot) -> dict[int, str | None] | None:

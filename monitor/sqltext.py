@@ -106,10 +106,26 @@ def _normalize(sql: str) -> str:
     if scanned is None:
         return UNREADABLE
     tokens, cut = scanned
+    ambiguous = _first_ambiguous_string(tokens)
+    if ambiguous is not None:
+        tokens, cut = tokens[: ambiguous + 1], True
     rendered = _render(tokens)
     if truncated or cut:
         return f"{rendered} {ELLIPSIS}" if rendered else ELLIPSIS
     return rendered
+
+
+def _first_ambiguous_string(tokens: list[_Token]) -> int | None:
+    """Index of the first plain string literal holding a backslash, else None.
+
+    The lexer reads strings as standard_conforming_strings=on does; a session running with it
+    off reads `'a\\' b c'` as one string, so what follows such a literal may be the rest of a
+    literal (a password): fail closed, show nothing after it.
+    """
+    for index, token in enumerate(tokens):
+        if token.kind == "SCONST" and token.text[:1] in ("'", "N", "n") and "\\" in token.text:
+            return index
+    return None
 
 
 def _scan_readable_prefix(text: str) -> tuple[list[_Token], bool] | None:

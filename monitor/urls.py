@@ -23,6 +23,87 @@ def sync_psycopg2_url(url: str | URL) -> URL:
     return parsed.set(drivername="postgresql+psycopg2")
 
 
+# libpq's connection keywords (PostgreSQL 17): what psycopg2 takes from a URL's query string.
+LIBPQ_PARAMETERS = frozenset(
+    {
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "passfile",
+        "require_auth",
+        "channel_binding",
+        "connect_timeout",
+        "client_encoding",
+        "options",
+        "application_name",
+        "fallback_application_name",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "replication",
+        "gssencmode",
+        "sslmode",
+        "sslnegotiation",
+        "requiressl",
+        "sslcompression",
+        "sslcert",
+        "sslkey",
+        "sslcertmode",
+        "sslpassword",
+        "sslrootcert",
+        "sslcrl",
+        "sslcrldir",
+        "sslsni",
+        "requirepeer",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "krbsrvname",
+        "gsslib",
+        "gssdelegation",
+        "service",
+        "target_session_attrs",
+        "load_balance_hosts",
+    }
+)
+# asyncpg's `ssl` takes libpq's sslmode names, or a boolean (an encrypted connection).
+_ASYNCPG_SSL = {"true": "require", "1": "require", "on": "require", "false": "disable",
+                "0": "disable", "off": "disable"}  # fmt: skip
+_SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
+def probe_psycopg2_url(url: str | URL) -> tuple[URL, tuple[str, ...]]:
+    """The app's URL for the probe's psycopg2: driver-specific query parameters translated to
+    libpq's (asyncpg `ssl` to `sslmode`), the others dropped; returns the names dropped."""
+    parsed = sync_psycopg2_url(url)
+    kept: dict[str, str | tuple[str, ...]] = {}
+    dropped: list[str] = []
+    for name, value in parsed.query.items():
+        if name in LIBPQ_PARAMETERS:
+            kept[name] = value
+        elif name == "ssl" and "sslmode" not in parsed.query:
+            mode = _asyncpg_sslmode(value)
+            if mode is None:
+                dropped.append(name)
+            else:
+                kept["sslmode"] = mode
+        else:
+            dropped.append(name)
+    return parsed.set(query=kept), tuple(sorted(dropped))
+
+
+def _asyncpg_sslmode(value: str | tuple[str, ...]) -> str | None:
+    text = (value[-1] if isinstance(value, tuple) and value else value) or ""
+    lowered = str(text).strip().lower()
+    if lowered in _SSLMODES:
+        return lowered
+    return _ASYNCPG_SSL.get(lowered)
+
+
 def app_url(raw: str) -> URL:
     """DATABASE_URL as the demo app uses it: a bare `postgresql://` means psycopg2 (SQLAlchemy 2.1
     would pick psycopg 3, which is not a dependency)."""

@@ -71,7 +71,7 @@
     }
     var status = event.detail.xhr ? event.detail.xhr.status : 0;
     var why = status ? "the app answered HTTP " + status : "the app did not answer";
-    if (status === 401) why += " (the dashboard token is needed again: open the page with ?token=…)";
+    if (status === 401) why += " (the dashboard token is needed again: reload the page to sign in)";
     pollStatus.textContent = "Panels last refreshed at " + refreshedAt.toLocaleTimeString() + ": " + why + ". Still trying every 2 s.";
     pollStatus.hidden = false;
   });

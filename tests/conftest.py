@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL, make_url
 from monitor.app import create_app
 from monitor.embedded import EmbeddedPostgres
 from monitor.settings import Settings
+from tests.pgbouncer import PgBouncer
 
 pytest_plugins = ["pytester"]  # tests/pytest_plugin runs small suites of its own
 
@@ -104,3 +105,35 @@ def client(app_settings: Settings) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         yield test_client
         assert app.state.engine.pool.checkedout() == 0, "a connection was left checked out"
+
+
+def _pgbouncer(
+    request: pytest.FixtureRequest, pool_mode: str, default_pool_size: int
+) -> Iterator[PgBouncer]:
+    executable = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+    )
+    if executable is None:
+        require_tool("pgbouncer")
+    upstream: URL = request.getfixturevalue("database_url")
+    bouncer = PgBouncer(
+        upstream,
+        pool_mode=pool_mode,
+        executable=str(executable),
+        default_pool_size=default_pool_size,
+    )
+    yield bouncer
+    bouncer.close()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_transaction(request: pytest.FixtureRequest) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode with ONE server connection per pool: every client that runs
+    a transaction through it shares the server session the one before it used."""
+    yield from _pgbouncer(request, "transaction", default_pool_size=1)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_session(request: pytest.FixtureRequest) -> Iterator[PgBouncer]:
+    """PgBouncer in session mode: a client keeps its server connection until it disconnects."""
+    yield from _pgbouncer(request, "session", default_pool_size=8)

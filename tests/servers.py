@@ -66,7 +66,13 @@ def serve_in_thread(app: Any, *, startup_timeout_s: float = 20.0) -> Iterator[st
 class AppProcess:
     """`python -m monitor <command>` as a child process on a free loopback port."""
 
-    def __init__(self, command: str, env: dict[str, str], *extra: str) -> None:
+    def __init__(
+        self,
+        command: str,
+        env: dict[str, str],
+        *extra: str,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
@@ -75,6 +81,7 @@ class AppProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=preexec_fn,  # e.g. a lower open-files limit for the child only
         )
         self.output = ""
 

@@ -30,3 +30,15 @@ def test_database_down_at_startup_degrades_without_crashing() -> None:
         assert crud.status_code == 503
         assert crud.json() == {"detail": "database unavailable, retry later"}
         assert "S3cret-pw" not in ready.text + crud.text
+
+
+def test_long_hold_settings_reach_the_monitor(app_settings: Settings) -> None:
+    settings = app_settings.model_copy(
+        update={"long_hold_routes": "/products=100", "long_hold_ceiling_s": 40.0}
+    )
+    app = create_app(settings)
+    with TestClient(app):
+        tracker = app.state.pool_monitor.tracker
+        assert tracker.long_hold_routes == {"/products": 100.0}
+        assert tracker.long_hold_ceiling_s == 40.0
+        assert tracker.idle_in_transaction_min_s == 1.0

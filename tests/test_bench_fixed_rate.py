@@ -69,11 +69,10 @@ def test_requests_leave_on_schedule_and_carry_their_body() -> None:
     assert result.failed == 0 and result.errors == ()
     assert {line for _, line, _ in seen} == {b"POST /items/7 HTTP/1.1"}
     assert {body for _, _, body in seen} == {b'{"name": "x"}'}
-    # Spread over the half second, 10 ms apart, not sent as fast as the server answers.
-    arrivals = [at for at, _, _ in seen]
-    assert 0.45 <= arrivals[-1] - arrivals[0] <= 0.6
-    assert 0.48 <= took_s < 2.0
-    assert result.connections <= 3  # kept alive and reused
+    # Not sent as fast as the server answers: the last request was due 0.49 s after the first.
+    # Only lower bounds: a busy machine makes the run longer, never shorter.
+    assert took_s >= 0.49
+    assert result.connections < len(seen)  # kept alive and reused
 
 
 @pytest.mark.timeout(30)
@@ -87,9 +86,11 @@ def test_latency_counts_from_when_a_request_was_due_not_when_it_was_sent() -> No
     result, _ = _run(slow, rate=100, seconds=0.5, max_connections=1)
 
     assert result.connections == 1
-    assert result.latencies_s[0] < 0.1
-    assert result.latencies_s[-1] > 0.35  # ~50 x 20 ms of work for 500 ms of schedule
-    assert result.percentile_ms(0.99) > 350
+    # The last request was due at 0.49 s and cannot be answered before 50 x 20 ms = 1.0 s of
+    # serial work: at least 0.51 s late, whatever the machine's load.
+    assert result.latencies_s[-1] > 0.5
+    assert result.percentile_ms(0.99) > 500
+    assert result.latencies_s[-1] > result.latencies_s[0]
 
 
 @pytest.mark.timeout(30)
@@ -113,5 +114,4 @@ def test_a_refused_connection_is_an_error_per_request_not_a_crash() -> None:
 
     result = asyncio.run(main())
 
-    assert result.errors == (("ConnectionRefusedError", 10),)
-    assert max(result.latencies_s) < 1.0
+    assert result.errors == (("ConnectionRefusedError", 10),)  # refused, not timed out

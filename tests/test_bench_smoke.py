@@ -98,7 +98,7 @@ def test_overhead_benchmark_drivers_load_the_served_app(database_url: URL) -> No
             p50_ms, p99_ms, cpu_ms, _, failed = at_fixed_rate(
                 f"{base}{path}", case, 40, app.pid, seconds=1
             )
-            assert failed == 0 and 0 < p50_ms <= p99_ms < 1000 and cpu_ms > 0
+            assert failed == 0 and 0 < p50_ms <= p99_ms and cpu_ms > 0
         metrics = httpx.get(f"{base}/metrics").text
         checkouts = re.search(r"^sqlalchemy_pool_checkouts_total\{[^}]*\} (\S+)$", metrics, re.M)
         assert checkouts is not None and float(checkouts.group(1)) >= 101  # 1 + 2 x (10 + 40)

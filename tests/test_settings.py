@@ -50,3 +50,34 @@ def test_mask_url_drops_password_and_query() -> None:
 def test_bare_postgresql_url_means_psycopg2() -> None:
     assert app_url("postgres://u@h/d").drivername == "postgresql+psycopg2"
     assert app_url("postgresql+psycopg2://u@h/d").drivername == "postgresql+psycopg2"
+
+
+def test_long_hold_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from monitor.settings import parse_route_ceilings
+
+    monkeypatch.setenv("MONITOR_LONG_HOLD_ROUTES", "/reports/{report_id}=120, /stream=30")
+    monkeypatch.setenv("MONITOR_LONG_HOLD_CEILING_S", "45")
+    monkeypatch.setenv("MONITOR_IDLE_IN_TRANSACTION_MIN_S", "2")
+    settings = Settings()
+    assert parse_route_ceilings(settings.long_hold_routes) == {
+        "/reports/{report_id}": 120.0,
+        "/stream": 30.0,
+    }
+    assert settings.long_hold_ceiling_s == 45 and settings.idle_in_transaction_min_s == 2
+    assert Settings().model_copy(update={"long_hold_routes": ""}).long_hold_routes == ""
+
+
+@pytest.mark.parametrize("value", ["/reports", "reports=10", "/reports=0", "/reports=x"])
+def test_long_hold_routes_are_validated(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("MONITOR_LONG_HOLD_ROUTES", value)
+    with pytest.raises(ValidationError, match="long_hold_routes"):
+        Settings()
+
+
+def test_pgbouncer_url_from_the_environment_is_masked_in_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MONITOR_PGBOUNCER_URL", "postgresql://stats:s3cret@bouncer:6432/pgbouncer")
+    settings = Settings()
+    assert settings.pgbouncer_url == "postgresql://stats:s3cret@bouncer:6432/pgbouncer"
+    assert "s3cret" not in repr(settings)

@@ -28,7 +28,9 @@ def test_blocked_read_ends_at_the_deadline() -> None:
         assert ours.recv(1) == b""  # shut down under us: end of stream, not a 5 s timeout
         elapsed = time.monotonic() - started
         deadline.close()
-    assert deadline.fired and 0.25 <= elapsed < 2.0
+    # Ended by the deadline: not before it, and not by the 5 s socket timeout (an end of
+    # stream, not a TimeoutError).
+    assert deadline.fired and elapsed >= 0.25
 
 
 def test_disarmed_deadline_leaves_the_socket_alone() -> None:

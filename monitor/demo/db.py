@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.demo.models import Base
+from monitor.privileges import missing_privilege
 from monitor.settings import Settings
 from monitor.socket_deadline import SocketDeadline
 from monitor.urls import hide_dsn_in_pool_logs
@@ -104,11 +105,26 @@ class SchemaGate:
             except Exception as exc:
                 if not quiet:
                     raise
-                log.warning(
-                    "database not reachable at startup (%s); will retry", type(exc).__name__
-                )
+                privilege = missing_privilege(exc)
+                if privilege is not None:
+                    log.warning(
+                        "permission denied creating the demo tables at startup: the app's role "
+                        "needs %s (%s); will retry",
+                        privilege,
+                        _first_line(exc),
+                    )
+                else:
+                    log.warning(
+                        "database not reachable at startup (%s); will retry", type(exc).__name__
+                    )
                 return
             self._ready.set()
+
+
+def _first_line(exc: Exception) -> str:
+    original = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    return (lines[0] if lines else type(original).__name__)[:200]
 
 
 def get_session(request: Request) -> Iterator[Session]:

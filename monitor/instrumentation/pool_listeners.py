@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
-from monitor.instrumentation.backend import backend_pid
+from monitor.instrumentation.backend import backend_pid, socket_address
 from monitor.instrumentation.guard import FailureGuard
 from monitor.state.holders import current_request
 from monitor.state.sites import SiteCapture
@@ -37,6 +37,8 @@ SLOT_ATTR = "_pool_monitor_slot"  # on the record once adopted; the checkout pat
 GC_KEY = "pool_monitor.gc"
 # When the record's DBAPI connect started (tracker clock), until the `connect` listener reads it.
 CONNECTING_KEY = "pool_monitor.connecting_since"
+# On a new record while it connects for a checkout: the pool counts it as checked out already.
+CONNECTING_ATTR = "_pool_monitor_connecting"
 
 
 class PoolListeners:
@@ -114,7 +116,7 @@ class PoolListeners:
         # `tuple()` is the empty site, made in C
         capture = self._capture.capture if self._capture is not None else tuple
         guard = self._guard
-        is_async = self._is_async
+        connecting = tracker.connecting
 
         # Every line here runs on every checkout: one frame, names bound in the closure.
         def _do_get() -> Any:
@@ -124,10 +126,12 @@ class PoolListeners:
             except BaseException as error:
                 try:
                     timed_out = isinstance(error, sa_exc.TimeoutError)
+                    request = request_in_flight()
                     tracker.wait_failed(
                         clock() - started,
                         timed_out=timed_out,
-                        request=request_in_flight(),
+                        request=request,
+                        task=None if request is not None else _task_or_thread(),
                         site=capture() if timed_out else (),
                     )
                 except Exception:
@@ -135,21 +139,25 @@ class PoolListeners:
                 raise
             now = clock()
             try:
+                fresh = False
                 try:
                     slot = record._pool_monitor_slot  # type: ignore[attr-defined]
                 except AttributeError:
                     slot = adopt(record)
+                    fresh = True
                 request = request_in_flight()
-                if request is not None:
+                if request is not None and not request.finished:
                     holder = None
-                elif is_async:
-                    # The asyncio task (the greenlet runs inside it), else the thread.
+                else:
+                    # The asyncio task (an async engine's greenlet runs inside it, and a sync
+                    # engine may be called from one), else the thread (named only when shown).
+                    # A task a request started that runs on after it is its own owner.
+                    request = None
                     loop = running_loop()
                     holder = (current_task(loop) if loop is not None else None) or thread_ident()
-                else:
-                    # A sync pool: the thread (named only when shown), no event-loop lookup.
-                    holder = thread_ident()
                 checkout(slot, request, holder, capture(), now - started, now)
+                if fresh and record.__dict__.pop(CONNECTING_ATTR, False):
+                    connecting.pop()  # its slot shows it now
             except Exception:
                 guard.failed("checkout")
             return record
@@ -157,13 +165,24 @@ class PoolListeners:
         # A new slot and a reconnect of an old one (after an invalidation, a recycle or a failed
         # pre-ping) both connect here; `_create_connection` would see new slots only.
         def _invoke_creator(rec: ConnectionPoolEntry) -> DBAPIConnection:
+            counted = False
             try:
                 info = rec.record_info
                 if info is not None:
                     info[CONNECTING_KEY] = clock()
+                # A record never checked out through us is new: the pool counts it as checked
+                # out from before its connect (overflow taken), so the monitor does too.
+                if SLOT_ATTR not in vars(rec):
+                    connecting.append(None)
+                    vars(rec)[CONNECTING_ATTR] = counted = True
             except Exception:
                 guard.failed("create")
-            return invoke_creator(rec)
+            try:
+                return invoke_creator(rec)
+            except BaseException:
+                if counted and vars(rec).pop(CONNECTING_ATTR, False):
+                    connecting.pop()
+                raise
 
         _invoke_creator.__wrapped__ = invoke_creator  # type: ignore[attr-defined]
         pool._do_get = _do_get  # type: ignore[method-assign]
@@ -175,7 +194,13 @@ class PoolListeners:
         slot = self._slot(record)
         if slot.pid is None and record.dbapi_connection is not None:
             # connected before the monitor attached: no `connect` event was seen for it
-            self._tracker.connected(slot, backend_pid(record.dbapi_connection), None)
+            dbapi_connection = record.dbapi_connection
+            self._tracker.connected(
+                slot,
+                backend_pid(dbapi_connection),
+                None,
+                address=socket_address(dbapi_connection),
+            )
         tracker = self._tracker
         guard = self._guard
         # Weak references only: a closure holding the record would make a reference cycle
@@ -184,16 +209,27 @@ class PoolListeners:
         class_checkin = type(record).checkin
 
         # The exact signature, not *args: argument packing would cost more than the rest.
+        returning = tracker.returning
+
         def checkin(_fairy_was_created: bool = True) -> None:
             current = record_ref()
             if current is None:
                 return
+            # Counted as returning until the pool has it back (or closed it, for an overflow
+            # connection): the pool counts it as checked out until then.
+            counted = slot.holding is not None
+            if counted:
+                returning.append(None)
             try:
                 proxy = current.fairy_ref
                 tracker.checkin(slot, proxy is not None and proxy() is None)
             except Exception:
                 guard.failed("checkin")
-            class_checkin(current, _fairy_was_created)
+            try:
+                class_checkin(current, _fairy_was_created)
+            finally:
+                if counted:
+                    returning.pop()
 
         record.checkin = checkin
         # Also on the instance: the checkout path reads it as a plain attribute.
@@ -218,7 +254,12 @@ class PoolListeners:
             # on a pool's first connection it queries the server) is part of the creation.
             started = info.pop(CONNECTING_KEY, None)
             create_s = self._tracker.clock() - started if started is not None else None
-            self._tracker.connected(self._slot(record), backend_pid(dbapi_connection), create_s)
+            self._tracker.connected(
+                self._slot(record),
+                backend_pid(dbapi_connection),
+                create_s,
+                address=socket_address(dbapi_connection),
+            )
         except Exception:
             self._guard.failed("connect")
 
@@ -278,3 +319,10 @@ class PoolListeners:
                 self._guard.failed("dispose")
 
         engine.dispose = _dispose  # type: ignore[method-assign]
+
+
+def _task_or_thread() -> object:
+    """The asyncio task running here, else the thread's ident."""
+    loop = asyncio._get_running_loop()
+    task = asyncio.current_task(loop) if loop is not None else None
+    return task if task is not None else threading.get_ident()

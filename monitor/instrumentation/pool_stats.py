@@ -56,6 +56,12 @@ def queue_waiters(engine: Engine) -> int:
         return 0
 
 
+def pool_checked_out(engine: Engine) -> int:
+    """The pool's own count of checked-out connections (raises when the pool has none: the
+    drift is then unknown, not 0)."""
+    return int(engine.pool.checkedout())  # type: ignore[attr-defined]
+
+
 def _call_int(pool: Any, name: str) -> int:
     method = getattr(pool, name, None)
     if not callable(method):

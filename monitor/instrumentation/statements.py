@@ -1,4 +1,6 @@
 """Statement timing: slow statements grouped by fingerprint; parameters are never looked at.
+Each statement, and each fetch from a server-side cursor, also marks its pool slot in use (a
+hold that keeps working is not a leak).
 
 Wraps the dialect's own `do_execute*` methods on the engine's dialect instance. Not through
 events: connection-level listeners (`before/after_cursor_execute`) switch every `Connection` onto
@@ -8,7 +10,6 @@ listeners cost an event dispatch per statement (about 0.7 us here, half the timi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from monitor.instrumentation.guard import FailureGuard
 from monitor.sqltext import fingerprint, normalize
 from monitor.state.holders import current_request
 from monitor.state.sites import SiteCapture
-from monitor.state.tracker import PoolTracker
+from monitor.state.tracker import IN_USE, PoolTracker
 
 EXECUTE_METHODS = ("do_execute", "do_execute_no_params", "do_executemany")
 
@@ -35,7 +36,8 @@ class StatementListeners:
     def attach(self, engine: Engine) -> None:
         dialect: Any = engine.dialect
         self._dialect = dialect
-        clock = time.perf_counter
+        # The tracker's clock (monotonic): one reading times the statement and marks its use.
+        clock = self._tracker.clock
         tracker = self._tracker
         slow = self._slow
         failed = self._failed
@@ -44,6 +46,14 @@ class StatementListeners:
         # the threshold check is inline: it runs on every statement.
         def timed(execute: Callable[..., None]) -> Callable[..., None]:
             def execute_timed(cursor: Any, statement: str, *parameters_and_context: Any) -> None:
+                try:
+                    # The execution context (last argument) -> pool proxy -> record -> slot.
+                    slot = parameters_and_context[
+                        -1
+                    ]._dbapi_connection._connection_record._pool_monitor_slot
+                    slot.used_at = IN_USE
+                except Exception:
+                    slot = None  # no context (or not a pool connection): timed only
                 started = clock()
                 try:
                     execute(cursor, statement, *parameters_and_context)
@@ -51,7 +61,10 @@ class StatementListeners:
                     failed()
                     raise
                 finally:
-                    duration_s = clock() - started
+                    ended = clock()
+                    if slot is not None:
+                        slot.used_at = ended
+                    duration_s = ended - started
                     if duration_s >= tracker.slow_query_s:
                         slow(statement, duration_s)
 
@@ -60,10 +73,11 @@ class StatementListeners:
         for name in EXECUTE_METHODS:
             # On the instance: shadows the class's method for this engine's dialect only.
             setattr(dialect, name, timed(getattr(dialect, name)))
+        dialect.execution_ctx_cls = _marking_server_side_cursors(dialect.execution_ctx_cls, clock)
 
     def detach(self) -> None:
         if self._dialect is not None:
-            for name in EXECUTE_METHODS:
+            for name in (*EXECUTE_METHODS, "execution_ctx_cls"):
                 vars(self._dialect).pop(name, None)
         self._dialect = None
 
@@ -84,3 +98,58 @@ class StatementListeners:
             self._tracker.statement_error()
         except Exception:
             self._guard.failed("statement error")
+
+
+def _marking_server_side_cursors(context_cls: Any, clock: Callable[[], float]) -> Any:
+    """The dialect's execution context, with server-side cursors that mark their slot in use on
+    every fetch: rows streamed from one (FETCH on the server) run no statement through the
+    dialect, yet the connection is working."""
+
+    class MarkingContext(context_cls):  # type: ignore[misc]
+        def create_server_side_cursor(self) -> Any:
+            cursor = super().create_server_side_cursor()
+            try:
+                slot = self._dbapi_connection._connection_record._pool_monitor_slot
+            except Exception:
+                return cursor
+            return UseMarkingCursor(cursor, slot, clock)
+
+    MarkingContext.__name__ = MarkingContext.__qualname__ = context_cls.__name__
+    return MarkingContext
+
+
+class UseMarkingCursor:
+    """A DBAPI cursor whose fetches mark the pool slot in use; everything else passes through."""
+
+    __slots__ = ("_clock", "_cursor", "_slot")
+
+    def __init__(self, cursor: Any, slot: Any, clock: Callable[[], float]) -> None:
+        object.__setattr__(self, "_cursor", cursor)
+        object.__setattr__(self, "_slot", slot)
+        object.__setattr__(self, "_clock", clock)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._cursor, name, value)
+
+    def __iter__(self) -> Any:
+        return iter(self._cursor)
+
+    def _fetch(self, method: str, *args: Any) -> Any:
+        slot = self._slot
+        slot.used_at = IN_USE
+        try:
+            return getattr(self._cursor, method)(*args)
+        finally:
+            slot.used_at = self._clock()
+
+    def fetchone(self) -> Any:
+        return self._fetch("fetchone")
+
+    def fetchmany(self, *size: Any) -> Any:
+        return self._fetch("fetchmany", *size)
+
+    def fetchall(self) -> Any:
+        return self._fetch("fetchall")

@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from monitor.metrics import names
+from monitor.metrics.pgbouncer import pgbouncer_families
 from monitor.state.histogram import HistogramSnapshot
 from monitor.state.records import LeakClass
 from monitor.state.server import (
@@ -53,6 +54,8 @@ class MonitorCollector(Collector):
         if monitor.probe_enabled:
             yield from server_families(view)
             yield from probe_families(view.server)
+        if view.pgbouncer is not None:
+            yield from pgbouncer_families(view.pgbouncer)
 
     def describe(self) -> Iterable[Metric]:
         # Registering must not take a view (the monitor may not exist yet).
@@ -124,7 +127,7 @@ def pool_families(view: MonitorView) -> Iterator[Metric]:
     current = Counter(leak.leak_class.value for leak in pool.leaks)
     leaked = GaugeMetricFamily(
         names.LEAKED_CONNECTIONS,
-        "Connections held past the leak threshold right now, by what the server sees them do.",
+        "Suspected leaks right now: outlived_owner, or what the server sees them do.",
         labels=[names.POOL_NAME, names.CLASS],
     )
     leaks_total = CounterMetricFamily(
@@ -141,6 +144,18 @@ def pool_families(view: MonitorView) -> Iterator[Metric]:
     yield leaked
     yield leaks_total
 
+    yield _gauge(
+        names.LONG_HOLDS,
+        "Connections held past the leak threshold right now by a live owner still using them.",
+        labels,
+        len(pool.long_holds),
+    )
+    yield _counter(
+        names.LONG_HOLDS_TOTAL,
+        "Holds that passed the leak threshold while their owner was alive and using them.",
+        labels,
+        counters.long_holds,
+    )
     yield _counter(
         names.GC_RECLAIMED_TOTAL,
         "Checked-out connections returned to the pool by the garbage collector (never closed).",

@@ -43,6 +43,7 @@ ORDER BY a.pid
 SERVER_SESSIONS_SQL = """
 SELECT
     current_database() AS database,
+    pg_backend_pid() AS probe_pid,
     count(*) FILTER (
         WHERE backend_type = 'client backend' OR (backend_type IS NULL AND datname IS NOT NULL)
     ) AS total_client_sessions
@@ -57,6 +58,7 @@ class Activity:
     database: str
     total_client_sessions: int  # whole server, the probe included
     backends: tuple[Backend, ...]  # current database, the probe excluded
+    probe_pid: int | None = None  # the server's pid of the probe's session
 
 
 def parse_backend(row: Mapping[Any, Any]) -> Backend:
@@ -90,6 +92,7 @@ def parse_activity(summary: Mapping[Any, Any], rows: Iterable[Mapping[Any, Any]]
         database=str(summary["database"]),
         total_client_sessions=int(summary["total_client_sessions"]),
         backends=tuple(parse_backend(row) for row in rows),
+        probe_pid=_optional_int(summary.get("probe_pid")),
     )
 
 
@@ -108,6 +111,10 @@ def _truncate(query: str) -> str:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _optional_str(value: Any) -> str | None:

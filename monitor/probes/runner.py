@@ -17,11 +17,12 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
+from monitor.privileges import missing_privilege
 from monitor.probes.activity import fetch_activity
 from monitor.probes.settings import fetch_settings
 from monitor.socket_deadline import SocketDeadline
 from monitor.state.server import ServerHealth, ServerSample, ServerSettings, short_error
-from monitor.urls import hide_dsn_in_pool_logs, sync_psycopg2_url
+from monitor.urls import hide_dsn_in_pool_logs, probe_psycopg2_url
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,15 @@ class ServerProbe:
         self._deadline: SocketDeadline | None = None
         self._settings: ServerSettings | None = None
         self._settings_read_at = 0.0
+        probe_url, dropped = probe_psycopg2_url(url)
+        if dropped:
+            # Names only: a value may be a secret (sslpassword is kept, never logged).
+            log.warning(
+                "the probe (psycopg2) ignores URL parameters of the app's driver: %s",
+                ", ".join(dropped),
+            )
         self._engine = create_engine(
-            sync_psycopg2_url(url),
+            probe_url,
             pool_size=1,
             max_overflow=0,
             pool_timeout=timeout_s,
@@ -123,20 +131,9 @@ class ServerProbe:
         }
 
     def _on_connect(self, dbapi_connection: Any, _record: Any) -> None:
-        # SET rather than startup `options`: pg_settings.reset_val then still shows the
-        # server's own statement_timeout, which the settings probe reports.
         self._connects += 1
         if self._deadline is not None:
             self._deadline.attach(dbapi_connection)
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(
-                f"SET statement_timeout = {self.statement_timeout_ms}; "
-                f"SET lock_timeout = {self.lock_timeout_ms}"
-            )
-        finally:
-            cursor.close()
-        dbapi_connection.commit()  # psycopg2 opened a transaction; keep the SETs
 
     def _run(self) -> None:
         started = self._monotonic()
@@ -159,7 +156,13 @@ class ServerProbe:
             self.health.record_failure(error, duration_s)
             # Log the transition once, not every tick of an outage.
             if self._last_up is not False:
-                log.warning("database unreachable for the probe (%.3f s): %s", duration_s, error)
+                privilege = missing_privilege(exc)
+                if privilege is not None:
+                    log.warning("the probe's role lacks %s: %s", privilege, error)
+                else:
+                    log.warning(
+                        "database unreachable for the probe (%.3f s): %s", duration_s, error
+                    )
             self._last_up = False
             return
         finally:
@@ -179,12 +182,23 @@ class ServerProbe:
             if not fresh:  # a new connection was attached by the connect event already
                 deadline.attach(conn.connection.dbapi_connection)
             try:
+                # Transaction-scoped: a pooler (PgBouncer in transaction mode) hands the server
+                # session to the app next, and a session-level SET would go with it.
+                conn.exec_driver_sql(
+                    probe_timeouts_sql(self.statement_timeout_ms, self.lock_timeout_ms)
+                )
                 settings = self._current_settings(conn, fresh)
                 activity = fetch_activity(conn)
                 conn.rollback()
+                client_pid = driver_backend_pid(conn.connection.dbapi_connection)
             except BaseException:
                 conn.invalidate()  # whatever went wrong, the next probe starts on a new session
                 raise
+        via_pooler = client_pid is not None and client_pid != activity.probe_pid
+        if via_pooler:
+            # Through a pooler in session mode a kept connection would hold one of its server
+            # slots for good: connect per probe instead (bench/probe_connect.py: its cost).
+            self._engine.pool.dispose()
         return ServerSample(
             taken_at=taken_at,
             duration_s=self._monotonic() - started,
@@ -192,6 +206,7 @@ class ServerProbe:
             backends=activity.backends,
             total_client_sessions=activity.total_client_sessions,
             settings=settings,
+            via_pooler=via_pooler,
         )
 
     def _current_settings(self, conn: Connection, fresh_connection: bool) -> ServerSettings:
@@ -204,6 +219,21 @@ class ServerProbe:
         return self._settings
 
 
+def driver_backend_pid(dbapi_connection: Any) -> int | None:
+    """The pid the driver got at login: PgBouncer sends its own random key here, not the server's."""
+    info = getattr(dbapi_connection, "info", None)
+    pid = getattr(info, "backend_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def probe_timeouts_sql(statement_timeout_ms: int, lock_timeout_ms: int) -> str:
+    """The probe's timeouts for its current transaction only (they end with its rollback)."""
+    return (
+        f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
+        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"
+    )
+
+
 def describe_error(exc: BaseException) -> str:
     """A short, secret-free description: the driver's first line, without SQL or URLs."""
     original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
@@ -211,4 +241,8 @@ def describe_error(exc: BaseException) -> str:
     message = message.split("[SQL:", 1)[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     first = lines[0] if lines else ""
-    return short_error(f"{type(original).__name__}: {first}" if first else type(original).__name__)
+    kind = type(original).__name__
+    privilege = missing_privilege(exc)
+    if privilege is not None:  # first: the message may be cut at its end
+        kind = f"{kind} (the probe's role needs {privilege})"
+    return short_error(f"{kind}: {first}" if first else kind)

@@ -1,4 +1,5 @@
-"""Who holds a connection: the HTTP request (set by the attribution middleware) or the thread/task."""
+"""Who holds a connection (its owner): the HTTP request, the WebSocket, the background work of a
+request (all set by the attribution middleware), or the thread/task outside any request."""
 
 from __future__ import annotations
 
@@ -14,21 +15,36 @@ from typing import Any
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
+REQUEST = "request"
+WEBSOCKET = "websocket"
+BACKGROUND = "background"
+TASK = "task"
+
+
 class RequestScope:
-    """The request in flight on this context; mutable, shared by every checkout the request makes.
+    """The request (or WebSocket) in flight on this context; mutable, shared by every checkout
+    the request makes.
 
     Made on every request, so it only keeps the ASGI scope: method, route and request id are read
-    from it when a holder is shown.
+    from it when a holder is shown. `finished` is set once the app has returned (the owner is
+    gone: whatever it still holds outlived it); `response_sent` once the last body byte went out
+    (checkouts after it belong to the request's background work, a separate owner).
     """
 
     __slots__ = (
+        "_background",
         "_client_id",
         "_method",
         "_path",
         "_request_id",
         "_route",
-        "connections_held",
+        "finished",
+        "held",
+        "kind",
+        "long_hold_s",
         "multi_flagged",
+        "parent",
+        "response_sent",
         "scope",
         "serial",
     )
@@ -41,12 +57,34 @@ class RequestScope:
     _client_id: bytes | None
     _request_id: str
 
-    def __init__(self, scope: Mapping[str, Any], serial: int = 0) -> None:
+    def __init__(self, scope: Mapping[str, Any], serial: int = 0, kind: str = REQUEST) -> None:
         # The router writes the matched route into the scope after this object exists.
         self.scope: Mapping[str, Any] | None = scope
         self.serial = serial  # 0: numbered when first asked for its request id
-        self.connections_held = 0
-        self.multi_flagged = False
+        self.kind = kind
+        # Connections held right now per pool (keyed by the pool's tracker): "one session per
+        # request" is about one pool; several pools in one request are a read/write split.
+        self.held: dict[object, int] = {}
+        self.multi_flagged: set[object] | None = None  # pools already flagged for this request
+        self.finished = False
+        self.response_sent = False
+        self.long_hold_s: float | None = None  # declared by the route: may hold this long
+        self.parent: RequestScope | None = None
+        self._background: RequestScope | None = None
+
+    def background(self) -> RequestScope:
+        """The owner of work the request runs after its response (FastAPI BackgroundTasks)."""
+        child = self._background
+        if child is None:
+            child = self._background = BackgroundScope(self)
+        return child
+
+    def finish(self) -> None:
+        """The app returned: this owner and its background work are over."""
+        self.finished = True
+        child = self._background
+        if child is not None:
+            child.finished = True
 
     @classmethod
     def named(cls, method: str, path: str, request_id: str) -> RequestScope:
@@ -77,6 +115,8 @@ class RequestScope:
 
     @property
     def method(self) -> str:
+        if self.kind == WEBSOCKET:
+            return "WS"
         method = self._get("method")
         return str(method) if method is not None else "?"
 
@@ -113,6 +153,36 @@ class RequestScope:
         return f"{os.getpid():x}-{self.serial}"
 
 
+class BackgroundScope(RequestScope):
+    """The background work of a request: named after it, but a separate owner (it runs after
+    the response, and its connections are not the request's)."""
+
+    __slots__ = ()
+
+    def __init__(self, parent: RequestScope) -> None:
+        super().__init__({}, kind=BACKGROUND)
+        self.scope = None
+        self.parent = parent
+        self.response_sent = True
+        self.finished = parent.finished
+
+    @property
+    def method(self) -> str:
+        return self.parent.method if self.parent is not None else "?"
+
+    @property
+    def path(self) -> str:
+        return self.parent.path if self.parent is not None else "?"
+
+    @property
+    def route(self) -> str:
+        return self.parent.route if self.parent is not None else "?"
+
+    @property
+    def request_id(self) -> str:
+        return self.parent.request_id if self.parent is not None else "?"
+
+
 def _client_id_header(scope: Mapping[str, Any]) -> bytes | None:
     # A dict built in C, not a Python loop over the headers: this runs on every request (the
     # last X-Request-ID wins when a client repeats it). Runs as the request ends: never raises.
@@ -136,9 +206,14 @@ current_request: contextvars.ContextVar[RequestScope | None] = contextvars.Conte
 class Holder:
     """A checkout's holder as shown to readers: plain strings only."""
 
-    kind: str  # "request" or "task"
-    route: str  # "GET /products/{product_id}" or the thread/task name
-    request_id: str | None
+    kind: str  # "request", "websocket", "background" or "task" (a thread or asyncio task)
+    route: str  # "GET /products/{product_id}", "background of POST /orders", thread/task name
+    request_id: str | None  # the request's (or WebSocket connection's) id
+
+    @property
+    def label(self) -> str:
+        """One line for logs: route and request id."""
+        return self.route if self.request_id is None else f"{self.route} [{self.request_id}]"
 
     def to_dict(self) -> dict[str, str | None]:
         return {"kind": self.kind, "route": self.route, "request_id": self.request_id}
@@ -147,14 +222,32 @@ class Holder:
 def describe(request: RequestScope | None, task: object) -> Holder:
     """`task`: an asyncio task, a thread's ident (the checkout path keeps only that), or a name."""
     if request is not None:
-        return Holder("request", f"{request.method} {request.route}", request.request_id)
+        route = f"{request.method} {request.route}"
+        if request.kind == BACKGROUND:
+            route = f"background of {route}"
+        return Holder(request.kind, route, request.request_id)
     if isinstance(task, str):
-        return Holder("task", task, None)
+        return Holder(TASK, task, None)
     if isinstance(task, int):
-        return Holder("task", thread_name(task), None)
+        return Holder(TASK, thread_name(task), None)
     get_name = getattr(task, "get_name", None)  # asyncio.Task
     name = get_name() if callable(get_name) else getattr(task, "name", None)  # threading.Thread
-    return Holder("task", str(name) if name else "unknown", None)
+    return Holder(TASK, str(name) if name else "unknown", None)
+
+
+def owner_finished(request: RequestScope | None, task: object, threads: frozenset[int]) -> bool:
+    """Whether a checkout's owner is over: its request returned, its task is done, its thread
+    ended (`threads`: idents alive now). A bare name (tests, work outside ASGI) never ends."""
+    if request is not None:
+        return request.finished
+    if isinstance(task, int):
+        return task not in threads
+    done = getattr(task, "done", None)  # asyncio.Task
+    return bool(done()) if callable(done) else False
+
+
+def live_threads() -> frozenset[int]:
+    return frozenset(t.ident for t in threading.enumerate() if t.ident is not None)
 
 
 def thread_name(ident: int) -> str:

@@ -13,12 +13,21 @@ from monitor.state.sites import Frame
 
 
 class LeakClass(StrEnum):
-    """What a connection held past the leak threshold is doing, from the server's view."""
+    """Why a connection is a suspected leak: its owner ended while it was still checked out, or
+    (owner alive) what the server sees it do once it sat unused past the threshold."""
 
+    OUTLIVED_OWNER = "outlived_owner"  # its request, task or thread ended before it came back
     IDLE_IN_TRANSACTION = "idle_in_transaction"  # forgotten session: holds locks, pins xmin
     IDLE = "idle"  # held with no work (across an await, an HTTP call, a forgotten close)
     ACTIVE = "active"  # a long query: slow rather than leaked
     UNKNOWN = "unknown"  # no server data for it (yet)
+    # Behind a pooler that hands server sessions out per transaction (or of unknown mode):
+    # no server session belongs to it, so its server state cannot be known.
+    NO_SERVER_VIEW = "no_server_view"
+
+
+# The server state reported for a pooled connection that has no server session of its own.
+NO_SERVER_SESSION = "<no server session of its own>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,8 @@ class ConnectionView:
     checkouts: int
     leak_class: LeakClass | None
     history: tuple[LifecycleEvent, ...]
+    client_addr: str | None = None  # the app's end of its TCP socket (what a pooler sees)
+    client_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,21 @@ class LeakRecord:
     held_for_s: float  # at detection, or until resolution once resolved
     resolved_at: float | None = None
     how_resolved: str | None = None  # returned, gc_reclaimed, invalidated, detached
+    reason: str = ""  # "owner finished", "unused 3.2 s", "held past its 100 s ceiling"
+
+
+@dataclass(frozen=True, slots=True)
+class LongHold:
+    """A connection held past the leak threshold by an owner still alive and still using it."""
+
+    slot_id: int
+    pid: int | None
+    holder: Holder | None
+    site: tuple[Frame, ...]
+    held_for_s: float
+    unused_for_s: float  # since the last statement ended (0 while one runs)
+    ceiling_s: float  # past this it is a suspected leak however busy
+    declared: bool  # the route declared it may hold long
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +126,16 @@ class MultiConnectionRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class MultiPoolRequest:
+    """A request that used connections of several pools (a read/write split): not a violation."""
+
+    at: float
+    route: str
+    request_id: str
+    pools: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PoolCounters:
     checkouts: int
     connects: int
@@ -114,6 +150,8 @@ class PoolCounters:
     multi_connection_requests: int
     leaks_by_class: dict[str, int]
     listener_errors: int
+    long_holds: int = 0  # holds past the threshold by a live, working owner
+    multi_pool_requests: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +176,12 @@ class PoolSnapshot:
     slow_queries: tuple[SlowQueryGroup, ...]  # slowest total first
     multi_connection_requests: tuple[MultiConnectionRequest, ...]
     events: tuple[LifecycleEvent, ...]  # pool-wide notable events, most recent first
+    long_holds: tuple[LongHold, ...] = ()  # current, oldest first
+    multi_pool_requests: tuple[MultiPoolRequest, ...] = ()  # most recent first
+    # Checked out as the monitor counts minus as the pool counts, read when both agree on an
+    # instant (None: the pool has no count to compare with).
+    accounting_drift: int | None = None
+    idle_in_transaction_min_s: float = 1.0  # the commit rule ignores younger ones
 
 
 def to_dict(record: Any) -> Any:

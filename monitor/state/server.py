@@ -82,6 +82,9 @@ class ServerSample:
     backends: tuple[Backend, ...]  # current database, the probe's own backend excluded
     total_client_sessions: int  # whole server, the probe included
     settings: ServerSettings
+    # The driver's backend pid differs from the server's: a pooler (PgBouncer) sits in between,
+    # so pids the app's drivers report are not server pids.
+    via_pooler: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,11 @@ each slot is touched by one thread at a time because the pool hands it to one ho
 is one tuple (`Holding`) set on the slot and cleared by the checkin: whether a slot is checked
 out, since when and by whom is read from that one attribute. Everything else (sweeps, snapshots,
 rare events) takes the lock.
+
+Leaks are judged by ownership first, time second: a connection still out when its owner (request,
+WebSocket, background work, task or thread) has finished outlived it, a leak at once; one held
+past the threshold by a live owner is a long hold, and a suspected leak only when it sits unused
+past the threshold or is held past a ceiling.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,14 +30,17 @@ from monitor.state.histogram import (
     WAIT_TIME_BUCKETS_S,
     Histogram,
 )
-from monitor.state.holders import Holder, RequestScope, describe
+from monitor.state.holders import Holder, RequestScope, describe, live_threads, owner_finished
 from monitor.state.records import (
+    NO_SERVER_SESSION,
     ConnectionView,
     GcReclaim,
     LeakClass,
     LeakRecord,
     LifecycleEvent,
+    LongHold,
     MultiConnectionRequest,
+    MultiPoolRequest,
     PoolCounters,
     PoolSnapshot,
     PoolTimeoutRecord,
@@ -42,6 +51,11 @@ from monitor.state.sites import RawSite, format_site
 log = logging.getLogger("monitor.leaks")
 
 _HISTORY_PER_SLOT = 24
+DEFAULT_CEILING_FACTOR = 10  # the hard ceiling of a long hold, in leak thresholds
+# Reads of both counts for the drift: a checkout or checkin in flight on another thread makes
+# them differ for microseconds; a real accounting error differs in every read.
+_DRIFT_READS = 6
+IN_USE = float("inf")  # a slot's `used_at` while a statement runs on it
 
 # One checkout while it lasts: (checked_out_at, request, task, site). `task` is the asyncio task
 # or the thread's ident when no request holds it (named only when shown).
@@ -54,15 +68,32 @@ HistoryEntry = tuple[float, str, str]
 class Slot:
     """One pool slot (a SQLAlchemy connection record), stable across reconnects."""
 
-    __slots__ = ("checkouts", "connected_at", "cycles", "history", "holding", "id", "leak", "pid")
+    __slots__ = (
+        "address",
+        "checkouts",
+        "connected_at",
+        "cycles",
+        "history",
+        "holding",
+        "id",
+        "leak",
+        "long_hold",
+        "pid",
+        "used_at",
+    )
 
     def __init__(self, slot_id: int, connected_at: float) -> None:
         self.id = slot_id
         self.pid: int | None = None
+        self.address: tuple[str, int] | None = None  # the app's end of a TCP socket
         self.connected_at = connected_at
         self.holding: Holding | None = None  # set while checked out
         self.checkouts = 0
         self.leak: _Leak | None = None
+        self.long_hold: Holding | None = None  # the checkout last counted as a long hold
+        # When the connection was last used (checkout, a statement's end); +inf while a
+        # statement runs. Written by the statement wrapper without the lock (one float).
+        self.used_at = connected_at
         self.history: deque[HistoryEntry] = deque(maxlen=_HISTORY_PER_SLOT)
         # Ended checkouts as complex(checked_out_at, checked_in_at): two floats in one object
         # that the garbage collector does not track (a tuple per checkin, kept here and until
@@ -73,15 +104,21 @@ class Slot:
 class _Leak:
     """A suspected leak of one checkout: stale once the slot's holding is another one."""
 
-    __slots__ = ("detected_at", "holder", "holding", "leak_class")
+    __slots__ = ("detected_at", "holder", "holding", "leak_class", "reason")
 
     def __init__(
-        self, detected_at: float, holder: Holder, holding: Holding, leak_class: LeakClass
+        self,
+        detected_at: float,
+        holder: Holder,
+        holding: Holding,
+        leak_class: LeakClass,
+        reason: str = "",
     ) -> None:
         self.detected_at = detected_at
         self.holder = holder
         self.holding = holding
         self.leak_class = leak_class
+        self.reason = reason
 
 
 class PoolTracker:
@@ -98,10 +135,30 @@ class PoolTracker:
         max_records: int = 200,
         max_slow_queries: int = 500,
         waiters: Callable[[], int] = lambda: 0,
+        long_hold_ceiling_s: float | None = None,
+        long_hold_routes: Mapping[str, float] | None = None,
+        idle_in_transaction_min_s: float = 1.0,
+        pool_checked_out: Callable[[], int] | None = None,
     ) -> None:
+        """`long_hold_ceiling_s`: a live owner holding longer is a suspect however busy (default
+        10x the threshold); `long_hold_routes`: route template -> its declared ceiling;
+        `pool_checked_out`: the pool's own count, read for the drift."""
         self.pool_name = pool_name
         self.leak_threshold_s = leak_threshold_s
         self.slow_query_s = slow_query_s
+        self.long_hold_ceiling_s = (
+            long_hold_ceiling_s
+            if long_hold_ceiling_s is not None
+            else DEFAULT_CEILING_FACTOR * leak_threshold_s
+        )
+        self.long_hold_routes: dict[str, float] = dict(long_hold_routes or {})
+        self.idle_in_transaction_min_s = idle_in_transaction_min_s
+        self._pool_checked_out = pool_checked_out
+        # Checkouts the pool counts and no slot shows yet or any more: a new connection being
+        # opened for a checkout, a checkin on its way back (closing an overflow connection).
+        # Appended and popped by the pool wrappers (deque operations are atomic).
+        self.connecting: deque[None] = deque()
+        self.returning: deque[None] = deque()
         self._clock = clock
         self._wall = wall_clock
         self._lock = threading.RLock()
@@ -127,6 +184,7 @@ class PoolTracker:
         self._gc_reclaims: deque[GcReclaim] = deque(maxlen=max_records)
         self._timeouts: deque[PoolTimeoutRecord] = deque(maxlen=20)
         self._multi: deque[MultiConnectionRequest] = deque(maxlen=max_records)
+        self._multi_pool: deque[MultiPoolRequest] = deque(maxlen=max_records)
         self._events: deque[LifecycleEvent] = deque(maxlen=max_records)
         self._slow: OrderedDict[str, list[Any]] = OrderedDict()
 
@@ -144,6 +202,8 @@ class PoolTracker:
                 "statement_errors",
                 "multi_connection_requests",
                 "listener_errors",
+                "long_holds",
+                "multi_pool_requests",
             ),
             0,
         )
@@ -158,10 +218,18 @@ class PoolTracker:
     def new_slot(self) -> Slot:
         return Slot(next(self._ids), self._clock())
 
-    def connected(self, slot: Slot, pid: int | None, create_s: float | None) -> None:
+    def connected(
+        self,
+        slot: Slot,
+        pid: int | None,
+        create_s: float | None,
+        *,
+        address: tuple[str, int] | None = None,
+    ) -> None:
         now = self._clock()
         with self._lock:
             slot.pid = pid
+            slot.address = address
             slot.connected_at = now
             self._open[slot.id] = slot
             self._count["connects"] += 1
@@ -182,6 +250,7 @@ class PoolTracker:
                 slot.checkouts = 0
             slot.history.append((now, "close", ""))
             slot.pid = None
+            slot.address = None
 
     def invalidated(self, slot: Slot, *, soft: bool, reason: str) -> None:
         kind = "soft_invalidate" if soft else "invalidate"
@@ -215,18 +284,28 @@ class PoolTracker:
         waited_s: float | None = None,
         at: float | None = None,
     ) -> None:
-        """`task`: the asyncio task, or the thread's ident (named only when shown);
+        """`request`: the request or WebSocket in flight (its background work once its response
+        is sent); `task`: the asyncio task, or the thread's ident (named only when shown);
         `waited_s`: how long the caller waited for the pool, when the acquire wrapper timed it;
         `at`: when, on this tracker's clock, if the caller read it already (one call saved)."""
-        slot.holding = (self._clock() if at is None else at, request, task, site)
+        if at is None:
+            at = self._clock()
+        if request is not None and request.response_sent:
+            request = request.background()
+        slot.holding = (at, request, task, site)
+        slot.used_at = at
         slot.checkouts += 1
         if waited_s is not None:
             # Histogram.observe inlined (this runs on every checkout); the checkin folds.
             self._wait_samples.append(waited_s)
         if request is not None:
-            request.connections_held += 1
-            if request.connections_held > 1:
-                self._flag_multi_connection(request)
+            held = request.held
+            before = held.get(self)
+            held[self] = count = 1 if before is None else before + 1
+            if count > 1:
+                self._flag_multi_connection(request, count)
+            elif before is None and len(held) > 1:
+                self._note_pools(request)
 
     def checkin(self, slot: Slot, reclaimed: bool = False) -> None:
         """`reclaimed`: the garbage collector returned it (the checkout's proxy is gone)."""
@@ -240,7 +319,8 @@ class PoolTracker:
         use_samples.append(checked_in_at - checked_out_at)
         request = holding[1]
         if request is not None:
-            request.connections_held -= 1
+            held = request.held
+            held[self] = held.get(self, 1) - 1
         if reclaimed:
             with self._lock:  # rare: spelled out in the history, with its note
                 slot.history.append((checked_out_at, "checkout", ""))
@@ -269,13 +349,15 @@ class PoolTracker:
         *,
         timed_out: bool,
         request: RequestScope | None = None,
+        task: object = None,
         site: RawSite = (),
     ) -> None:
         """A caller waited and got no connection (pool timeout, or the connect failed);
-        `request` and `site`: who waited and where it asked."""
+        `request`/`task` and `site`: who waited (named in the log) and where it asked."""
         self.wait_time.observe(waited_s)
         if timed_out:
-            self._record_timeout(waited_s, describe(request, threading.get_ident()), site)
+            waiter = describe(request, threading.get_ident() if task is None else task)
+            self._record_timeout(waited_s, waiter, site)
 
     # ---- statements --------------------------------------------------------------------------
 
@@ -315,23 +397,27 @@ class PoolTracker:
     # ---- leaks -------------------------------------------------------------------------------
 
     def sweep(self, server_states: Mapping[int, str | None] | None = None) -> list[LeakRecord]:
-        """Flag connections held past the threshold; log each new suspect once. Returns them."""
+        """Flag connections whose owner finished, and those of live owners left unused past the
+        threshold or held past their ceiling; count long holds. Logs each new suspect once."""
         now = self._clock()
+        threads = live_threads()
         found: list[LeakRecord] = []
         with self._lock:
             for slot, holding in self._held():
-                if now - holding[0] < self.leak_threshold_s:
-                    continue
-                leak_class = classify(
-                    server_states.get(slot.pid) if server_states and slot.pid else None
-                )
+                state = server_states.get(slot.pid) if server_states and slot.pid else None
                 leak = slot.leak
                 if leak is not None and leak.holding is holding:
-                    if leak_class is not LeakClass.UNKNOWN:
+                    leak_class = classify(state)
+                    if leak_class is not LeakClass.UNKNOWN and leak.reason != _OUTLIVED:
                         leak.leak_class = leak_class
                     continue
+                verdict = self._judge(slot, holding, now, threads)
+                if verdict is None:
+                    continue
+                reason = verdict
+                leak_class = LeakClass.OUTLIVED_OWNER if reason == _OUTLIVED else classify(state)
                 holder = describe(holding[1], holding[2])
-                leak = slot.leak = _Leak(now, holder, holding, leak_class)
+                leak = slot.leak = _Leak(now, holder, holding, leak_class, reason)
                 if slot.holding is not holding:
                     slot.leak = None  # checked in meanwhile (checkin does not take the lock)
                     continue
@@ -340,10 +426,50 @@ class PoolTracker:
                 found.append(record)
                 where = record.site[0] if record.site else "unknown site"
                 log.warning(
-                    "connection leak suspected: slot %d (pid %s) held %.1f s by %s (%s), taken at %s",
-                    slot.id, slot.pid, record.held_for_s, holder.route, leak_class.value, where,
+                    "connection leak suspected (%s): slot %d (pid %s) held %.1f s by %s %s, %s; "
+                    "taken at %s",
+                    leak_class.value, slot.id, slot.pid, record.held_for_s, holder.kind,
+                    holder.label, reason, where,
+                    extra=_log_extra(holder),
                 )  # fmt: skip
         return found
+
+    def _judge(
+        self, slot: Slot, holding: Holding, now: float, threads: frozenset[int]
+    ) -> str | None:
+        """Why this checkout is a suspected leak, or None (under the lock). Counts a long hold."""
+        owner = holding[1]
+        if owner_finished(owner, holding[2], threads):
+            return _OUTLIVED
+        held_s = now - holding[0]
+        if held_s < self.leak_threshold_s:
+            return None
+        declared = self._declared_ceiling(owner)
+        ceiling = self.long_hold_ceiling_s if declared is None else declared
+        if held_s >= ceiling:
+            return f"held past its {ceiling:g} s ceiling"
+        unused_s = now - slot.used_at
+        # A declared long holder is judged by its ceiling alone: it may stream from a
+        # server-side cursor, whose fetches the monitor does not see as statements.
+        if declared is None and unused_s >= self.leak_threshold_s:
+            return f"unused for {unused_s:.1f} s"
+        if slot.long_hold is not holding:
+            slot.long_hold = holding
+            self._count["long_holds"] += 1
+        return None
+
+    def _declared_ceiling(self, owner: RequestScope | None) -> float | None:
+        """The ceiling the owner's route declared (dependency or setting), its parent's for
+        background work."""
+        while owner is not None:
+            if owner.long_hold_s is not None:
+                return owner.long_hold_s
+            if self.long_hold_routes:
+                ceiling = self.long_hold_routes.get(owner.route)
+                if ceiling is not None:
+                    return ceiling
+            owner = owner.parent
+        return None
 
     # ---- readers -----------------------------------------------------------------------------
 
@@ -352,6 +478,7 @@ class PoolTracker:
     ) -> PoolSnapshot:
         """Everything, or with `detail=False` no per-slot history, sites or record lists (what a
         Prometheus scrape needs: counts and classes only, several times cheaper)."""
+        drift = self.accounting_drift()
         now = self._clock()
         self.fold_samples()
         with self._lock:
@@ -370,6 +497,12 @@ class PoolTracker:
                 self._leak_record(slot, slot.leak, now, detail)
                 for slot, holding in held
                 if slot.leak is not None and slot.leak.holding is holding
+            )
+            long_holds = tuple(
+                self._long_hold(slot, holding, now, detail)
+                for slot, holding in held
+                if slot.long_hold is holding
+                and (slot.leak is None or slot.leak.holding is not holding)
             )
             counters = PoolCounters(
                 checkouts=self._retired_checkouts + sum(s.checkouts for s in self._open.values()),
@@ -401,7 +534,38 @@ class PoolTracker:
                 slow_queries=tuple(sorted(slow, key=lambda g: g.total_s, reverse=True)),
                 multi_connection_requests=tuple(self._multi) if detail else (),
                 events=tuple(self._events) if detail else (),
+                long_holds=long_holds,
+                multi_pool_requests=tuple(self._multi_pool) if detail else (),
+                accounting_drift=drift,
+                idle_in_transaction_min_s=self.idle_in_transaction_min_s,
             )
+
+    def accounting_drift(self) -> int | None:
+        """Checked out as the monitor counts (slots held, connections opening for a checkout or
+        on their way back) minus the pool's count, from reads where the pool stood still; the
+        smallest seen when none agreed. None without a pool count to compare with."""
+        read = self._pool_checked_out
+        if read is None:
+            return None
+        best: int | None = None
+        try:
+            for attempt in range(_DRIFT_READS):
+                if attempt > 1:
+                    time.sleep(0.0005)  # let a thread paused mid-checkout finish it
+                before = read()
+                with self._lock:
+                    ours = len(self._held())
+                ours += len(self.connecting) + len(self.returning)
+                if read() != before:
+                    continue
+                drift = ours - before
+                if drift == 0:
+                    return 0
+                if best is None or abs(drift) < abs(best):
+                    best = drift
+        except Exception:
+            return None
+        return best
 
     @property
     def checked_out(self) -> int:
@@ -441,7 +605,12 @@ class PoolTracker:
         leak_class = None
         if slot.leak is not None and slot.leak.holding is holding:
             leak_class = slot.leak.leak_class
-            if server_states is not None and slot.pid is not None and slot.pid in server_states:
+            if (
+                server_states is not None
+                and slot.pid is not None
+                and slot.pid in server_states
+                and leak_class is not LeakClass.OUTLIVED_OWNER
+            ):
                 leak_class = classify(server_states[slot.pid])
         return ConnectionView(
             slot_id=slot.id,
@@ -455,6 +624,8 @@ class PoolTracker:
             checkouts=slot.checkouts,
             leak_class=leak_class,
             history=self._history(slot, holding) if detail else (),
+            client_addr=slot.address[0] if slot.address else None,
+            client_port=slot.address[1] if slot.address else None,
         )
 
     def _history(self, slot: Slot, holding: Holding | None) -> tuple[LifecycleEvent, ...]:
@@ -480,6 +651,20 @@ class PoolTracker:
             leak_class=leak.leak_class,
             detected_at=self._to_wall(leak.detected_at),
             held_for_s=now - leak.holding[0],
+            reason=leak.reason,
+        )
+
+    def _long_hold(self, slot: Slot, holding: Holding, now: float, detail: bool) -> LongHold:
+        declared = self._declared_ceiling(holding[1])
+        return LongHold(
+            slot_id=slot.id,
+            pid=slot.pid,
+            holder=describe(holding[1], holding[2]),
+            site=format_site(holding[3]) if detail else (),
+            held_for_s=now - holding[0],
+            unused_for_s=max(0.0, now - slot.used_at),
+            ceiling_s=self.long_hold_ceiling_s if declared is None else declared,
+            declared=declared is not None,
         )
 
     def _finish(self, slot: Slot, holding: Holding, now: float, how: str) -> None:
@@ -494,9 +679,10 @@ class PoolTracker:
             )
             where = format_site(site[:1])
             log.warning(
-                "connection reclaimed by the garbage collector: slot %d held %.1f s by %s, "
+                "connection reclaimed by the garbage collector: slot %d held %.1f s by %s %s, "
                 "taken at %s (close your sessions)",
-                slot.id, held, holder.route, where[0] if where else "unknown site",
+                slot.id, held, holder.kind, holder.label, where[0] if where else "unknown site",
+                extra=_log_extra(holder),
             )  # fmt: skip
         leak = slot.leak
         if leak is not None:
@@ -514,11 +700,13 @@ class PoolTracker:
                     held_for_s=held,
                     resolved_at=self._to_wall(now),
                     how_resolved=how,
+                    reason=leak.reason,
                 )
             )
             log.info(
-                "connection leak resolved after %.1f s: slot %d %s (held by %s)",
-                held, slot.id, how.replace("_", " "), leak.holder.route,
+                "connection leak resolved after %.1f s: slot %d %s (held by %s %s)",
+                held, slot.id, how.replace("_", " "), leak.holder.kind, leak.holder.label,
+                extra=_log_extra(leak.holder),
             )  # fmt: skip
 
     def _release(self, slot: Slot, now: float, how: str) -> None:
@@ -531,15 +719,20 @@ class PoolTracker:
         slot.history.append((holding[0], "checkout", ""))
         if how == "gc_reclaimed" or slot.leak is not None:
             self._finish(slot, holding, now, how)
-        if holding[1] is not None:
-            holding[1].connections_held -= 1
+        request = holding[1]
+        if request is not None:
+            held = request.held
+            held[self] = held.get(self, 1) - 1
 
-    def _flag_multi_connection(self, request: RequestScope) -> None:
-        """A request holds a second connection (or one more): record it, with every site."""
-        first = not request.multi_flagged
-        request.multi_flagged = True
+    def _flag_multi_connection(self, request: RequestScope, held: int) -> None:
+        """A request holds a second connection of this pool (or one more): record it, with
+        every site; logged once per request and pool."""
+        first = request.multi_flagged is None or self not in request.multi_flagged
         with self._lock:
-            held = request.connections_held
+            if first:
+                if request.multi_flagged is None:
+                    request.multi_flagged = set()
+                request.multi_flagged.add(self)
             previous = next((m for m in self._multi if m.request_id == request.request_id), None)
             if not first and (previous is None or previous.connections >= held):
                 return
@@ -558,10 +751,25 @@ class PoolTracker:
                     previous.at, route, request.request_id, held, sites
                 )
         if first:
+            holder = describe(request, None)
             log.warning(
-                "request %s holds %d connections at once (one session per request), taken at %s",
-                route, held, " and ".join(str(site[0]) if site else "?" for site in sites),
+                "request %s holds %d connections of pool %s at once (one session per request), "
+                "taken at %s",
+                holder.label, held, self.pool_name,
+                " and ".join(str(site[0]) if site else "?" for site in sites),
+                extra=_log_extra(holder),
             )  # fmt: skip
+
+    def _note_pools(self, request: RequestScope) -> None:
+        """The request's first checkout here while it used another pool: a read/write split."""
+        pools = tuple(str(getattr(tracker, "pool_name", "?")) for tracker in list(request.held))
+        with self._lock:
+            self._count["multi_pool_requests"] += 1
+            self._multi_pool.appendleft(
+                MultiPoolRequest(
+                    self._wall(), f"{request.method} {request.route}", request.request_id, pools
+                )
+            )
 
     def _record_timeout(self, waited_s: float, waiter: Holder, raw_site: RawSite) -> None:
         now = self._clock()
@@ -573,24 +781,32 @@ class PoolTracker:
                 PoolTimeoutRecord(self._to_wall(now), waited_s, holders, waiter, site)
             )
         summary = "; ".join(
-            f"slot {view.slot_id} {view.holder.route if view.holder else '?'} "
+            f"slot {view.slot_id} {view.holder.kind + ' ' + view.holder.label if view.holder else '?'} "
             f"{(view.held_for_s or 0):.1f}s at {view.site[0] if view.site else '?'}"
             for view in holders
         )
         log.warning(
-            "pool %s timed out after %.2f s for %s at %s; holders: %s",
-            self.pool_name,
-            waited_s,
-            waiter.route,
-            site[0] if site else "unknown site",
-            summary or "none",
-        )
+            "pool %s timed out after %.2f s for %s %s at %s; holders: %s",
+            self.pool_name, waited_s, waiter.kind, waiter.label,
+            site[0] if site else "unknown site", summary or "none",
+            extra=_log_extra(waiter),
+        )  # fmt: skip
+
+
+_OUTLIVED = "outlived its owner"
+
+
+def _log_extra(holder: Holder) -> dict[str, str | None]:
+    """Structured fields for log handlers that keep them (JSON logging)."""
+    return {"request_id": holder.request_id, "owner": holder.kind, "holder": holder.route}
 
 
 def classify(server_state: str | None) -> LeakClass:
     """Leak class from pg_stat_activity.state of the held connection's backend."""
     if server_state is None:
         return LeakClass.UNKNOWN
+    if server_state == NO_SERVER_SESSION:
+        return LeakClass.NO_SERVER_VIEW
     if server_state.startswith("idle in transaction"):
         return LeakClass.IDLE_IN_TRANSACTION
     if server_state == "idle":

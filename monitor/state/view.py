@@ -8,8 +8,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from monitor.state.records import ConnectionView, LeakClass, PoolSnapshot, PoolStats
-from monitor.state.server import Backend, ServerHealthSnapshot, seconds_until_killed
+from monitor.state.pgbouncer import PgBouncerHealthSnapshot
+from monitor.state.pooler import JOIN_NONE, PoolerInfo, pooler_info, server_pids
+from monitor.state.records import ConnectionView, PoolSnapshot, PoolStats
+from monitor.state.server import (
+    IDLE_IN_TRANSACTION_STATES,
+    Backend,
+    ServerHealthSnapshot,
+    seconds_until_killed,
+)
 from monitor.state.verdicts import DEFAULT_WINDOW_S, RuleVerdict, VerdictWindow
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "")
@@ -23,6 +30,8 @@ class HeldConnection:
     server: Backend | None
     killed_by: str | None  # the server timeout that will end this session first
     killed_in_s: float | None
+    server_pid: int | None = None  # its server session's pid (through a pooler: the joined one)
+    no_server_view: str | None = None  # why no server state can exist for it (a pooler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,8 @@ class MonitorView:
     rules: tuple[RuleVerdict, ...]
     drift: int  # tracker's checked-out count minus the pool's own
     verdict_window_s: float = DEFAULT_WINDOW_S
+    pooler: PoolerInfo | None = None
+    pgbouncer: PgBouncerHealthSnapshot | None = None  # when its admin console is configured
 
 
 def build_view(
@@ -67,38 +78,52 @@ def build_view(
     server: ServerHealthSnapshot,
     app: AppInfo,
     verdicts: VerdictWindow | None = None,
+    *,
+    pgbouncer: PgBouncerHealthSnapshot | None = None,
 ) -> MonitorView:
     """`verdicts`: keeps each rule failing while its condition held within its window."""
     sample = server.last_sample if server.up else None
     by_pid = {b.pid: b for b in sample.backends} if sample is not None else {}
+    pooler = pooler_info(server, pgbouncer)
+    # Behind a pooler the drivers' pids are not server pids: only joined ones are looked up.
+    pids = server_pids(pool.connections, pooler, pgbouncer)
     held: list[HeldConnection] = []
     for connection in pool.connections:
         if not connection.checked_out:
             continue
-        backend = by_pid.get(connection.pid) if connection.pid is not None else None
+        server_pid = pids.get(connection.slot_id)
+        backend = by_pid.get(server_pid) if server_pid is not None else None
         checked_out_at = connection.checked_out_at
         if sample is not None and checked_out_at is not None and sample.taken_at < checked_out_at:
             backend = None  # sampled before this checkout: the previous holder's state
         timer = seconds_until_killed(backend, sample.settings) if backend and sample else None
         held.append(
             HeldConnection(
-                connection, backend, timer[0] if timer else None, timer[1] if timer else None
+                connection,
+                backend,
+                timer[0] if timer else None,
+                timer[1] if timer else None,
+                server_pid=server_pid,
+                no_server_view=pooler.why_no_join if pooler.join == JOIN_NONE else None,
             )
         )
     held.sort(key=lambda h: h.connection.held_for_s or 0.0, reverse=True)
 
     orphans: tuple[Backend, ...] = ()
     phantoms: tuple[ConnectionView, ...] = ()
-    if sample is not None:
-        known = {c.pid for c in pool.connections if c.pid is not None}
+    if sample is not None and pooler.join != JOIN_NONE:
+        known = {pid for pid in pids.values() if pid is not None}
         names = {by_pid[pid].application_name for pid in known if pid in by_pid}
         orphans = tuple(
             b for b in sample.backends if b.application_name in names and b.pid not in known
         )
+        # Through PgBouncer a client not linked to a server (yet) has no pid to miss.
         phantoms = tuple(
             c
             for c in pool.connections
-            if c.pid is not None and c.pid not in by_pid and c.connected_at < sample.taken_at
+            if pids.get(c.slot_id) is not None
+            and pids[c.slot_id] not in by_pid
+            and c.connected_at < sample.taken_at
         )
     capacity = _capacity(stats, server)
     view = MonitorView(
@@ -111,8 +136,14 @@ def build_view(
         phantoms=phantoms,
         capacity=capacity,
         rules=(),
-        drift=pool.checked_out - stats.checked_out,
+        drift=(
+            pool.accounting_drift
+            if pool.accounting_drift is not None
+            else pool.checked_out - stats.checked_out
+        ),
         verdict_window_s=verdicts.window_s if verdicts is not None else DEFAULT_WINDOW_S,
+        pooler=pooler,
+        pgbouncer=pgbouncer,
     )
     rules = evaluate_rules(view)
     return dataclasses.replace(view, rules=verdicts.apply(rules) if verdicts else rules)
@@ -158,10 +189,14 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     recently = f"in the last {_window_text(window)}"
 
     multi = [m for m in pool.multi_connection_requests if m.at >= cutoff]
+    # Connections of several pools in one request (a read/write split): said, not a violation.
+    split = sum(1 for m in pool.multi_pool_requests if m.at >= cutoff)
+    pools_used = f"; {split} request(s) used several pools" if split else ""
     if not multi:
         verdicts.append(
             RuleVerdict("One session per request", "ok",
-                        f"no request held two connections at once {recently}")
+                        f"no request held two connections of the pool at once {recently}"
+                        + pools_used)
         )  # fmt: skip
     else:
         last = multi[0]
@@ -169,7 +204,7 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
             RuleVerdict(
                 "One session per request", "warn",
                 f"{len(multi)} request(s) held several connections at once {recently}, "
-                f"last {last.route} ({last.connections})",
+                f"last {last.route} ({last.connections})" + pools_used,
                 since=min(m.at for m in multi), last_held_at=max(m.at for m in multi),
             )
         )  # fmt: skip
@@ -190,7 +225,7 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
     else:
         parts = []
         if leaks:
-            parts.append(f"{leaks} connection(s) held past {pool.leak_threshold_s:g} s now")
+            parts.append(f"{leaks} suspected leak(s) now")
         if resolved:
             parts.append(f"{len(resolved)} suspected leak(s) ended {recently}")
         if reclaims:
@@ -205,18 +240,41 @@ def evaluate_rules(view: MonitorView) -> tuple[RuleVerdict, ...]:
             )
         )  # fmt: skip
 
-    idle_tx = sum(
-        1
+    # Between two statements of one transaction a connection is idle in transaction for
+    # milliseconds: only those idle that way for the minimum age count.
+    min_age = pool.idle_in_transaction_min_s
+    idle_in_tx = [
+        h
         for h in view.held
-        if h.server is not None and (h.server.state or "").startswith("idle in transaction")
-    )
-    leaked_tx = sum(1 for leak in pool.leaks if leak.leak_class is LeakClass.IDLE_IN_TRANSACTION)
+        if h.server is not None
+        and (h.server.state or "").startswith("idle in transaction")
+        and (h.server.state_age_s or 0.0) >= min_age
+    ]
+    idle_ages = [h.server.state_age_s or 0.0 for h in idle_in_tx if h.server is not None]
+    idle_tx = len(idle_ages)
+    # Suspected leaks among them, whatever their class (one that outlived its request too).
+    leaked_tx = sum(1 for h in idle_in_tx if h.connection.leak_class is not None)
     status = "ok" if idle_tx == 0 else ("fail" if leaked_tx else "warn")
-    verdicts.append(
-        RuleVerdict("Commit explicitly, handle rollbacks", status,
-                    f"{idle_tx} held connection(s) idle in transaction"
-                    + (f", {leaked_tx} of them past the leak threshold" if leaked_tx else ""))
-    )  # fmt: skip
+    why = (
+        f"{idle_tx} held connection(s) idle in transaction for {min_age:g} s or more"
+        + (f" (oldest {max(idle_ages):.1f} s)" if idle_ages else "")
+        + (f", {leaked_tx} of them suspected leaks" if leaked_tx else "")
+    )
+    sample = view.server.last_sample if view.server.up else None
+    if view.pooler is not None and view.pooler.join == JOIN_NONE and sample is not None:
+        # No held connection has a server session to look at: say what the server shows.
+        server_idle_tx = sum(
+            1
+            for b in sample.backends
+            if b.state in IDLE_IN_TRANSACTION_STATES and (b.state_age_s or 0.0) >= min_age
+        )
+        status = "ok" if server_idle_tx == 0 else "warn"
+        why = (
+            f"{server_idle_tx} server session(s) of {sample.database} idle in transaction "
+            f"for {min_age:g} s or more; behind the pooler they cannot be tied to this pool's "
+            "connections"
+        )
+    verdicts.append(RuleVerdict("Commit explicitly, handle rollbacks", status, why))
 
     problems = []
     if view.capacity.pool_share_ratio is not None and view.capacity.pool_share_ratio > 1:

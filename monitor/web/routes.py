@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import threading
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from monitor.state.view import MonitorView
 from monitor.web import views
+from monitor.web.auth import authorize
 from monitor.web.history import GaugeHistory
 from monitor.web.render_context import RenderContext
 from monitor.web.templating import asset_dir, get_templates
@@ -33,7 +32,6 @@ POLL_TRIGGER = "every 2s"
 # A poll that gets no answer within this is given up (and shown as such): htmx waits for ever
 # otherwise, and drops every later poll while one is in flight.
 POLL_TIMEOUT_MS = 10_000
-TOKEN_COOKIE = "pool_monitor_session"
 HISTORY_ATTR = "monitor_gauge_history"
 
 # Dashboard layout: (panel, title, width in grid columns of 12). What is wrong now comes first
@@ -49,6 +47,7 @@ LAYOUT: tuple[tuple[str, str, int], ...] = (
     ("probe", "Server probe", 4),
     ("rules", "Connection guide rules", 12),
     ("server", "Server sessions and capacity", 12),
+    ("pgbouncer", "PgBouncer", 12),
 )
 _NO_STORE = {"Cache-Control": "no-store"}
 _history_lock = threading.Lock()
@@ -57,60 +56,6 @@ _history_lock = threading.Lock()
 def mount_static(app: FastAPI) -> None:
     """Serve `static/` (htmx, CSS) at /monitor/static; public, it holds no data."""
     app.mount("/monitor/static", StaticFiles(directory=asset_dir("static")), name="monitor_static")
-
-
-# ---- access control --------------------------------------------------------------------------
-
-
-def _expected_token(request: Request) -> str | None:
-    monitor = getattr(request.app.state, "pool_monitor", None)
-    token = getattr(monitor, "dashboard_token", None)
-    if not token:
-        # Still enforced while the monitor itself failed to start.
-        token = getattr(getattr(request.app.state, "settings", None), "dashboard_token", None)
-    return token if isinstance(token, str) and token else None
-
-
-def _cookie_value(token: str) -> str:
-    # The cookie carries a digest of the token, so a leaked cookie jar does not reveal it.
-    return hmac.new(token.encode(), b"pool-monitor dashboard session", hashlib.sha256).hexdigest()
-
-
-def _same(offered: str, expected: str) -> bool:
-    return hmac.compare_digest(offered.encode(), expected.encode())
-
-
-def _authorize(request: Request) -> Response | None:
-    """None when allowed; else a redirect that trades `?token=` for a cookie, or a 401."""
-    token = _expected_token(request)
-    if token is None:
-        return None
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and _same(credentials.strip(), token):
-        return None
-    cookie = request.cookies.get(TOKEN_COOKIE)
-    if cookie is not None and _same(cookie, _cookie_value(token)):
-        return None
-    offered = request.query_params.get("token")
-    if offered is not None and _same(offered, token):
-        # Redirect so the token leaves the address bar and the browser history.
-        target = request.url.remove_query_params("token")
-        location = target.path + (f"?{target.query}" if target.query else "")
-        response = RedirectResponse(location, status_code=303, headers=_NO_STORE)
-        response.set_cookie(
-            TOKEN_COOKIE,
-            _cookie_value(token),
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-            path=request.scope.get("root_path", "") + "/monitor",
-        )
-        return response
-    return JSONResponse(
-        {"detail": "dashboard token required"},
-        status_code=401,
-        headers={"WWW-Authenticate": 'Bearer realm="pool-monitor"', **_NO_STORE},
-    )
 
 
 # ---- rendering -------------------------------------------------------------------------------
@@ -157,6 +102,7 @@ def _page_globals(request: Request) -> dict[str, Any]:
         "poll_trigger": POLL_TRIGGER,
         "poll_timeout_ms": POLL_TIMEOUT_MS,
         "poll_target": poll_target,
+        "csp_nonce": getattr(request.state, "csp_nonce", ""),
     }
 
 
@@ -237,7 +183,7 @@ def poll_target(name: str) -> str:
 @router.get("/", include_in_schema=False)
 def dashboard(request: Request) -> Response:
     """The whole dashboard, every panel rendered server-side so it reads without JavaScript."""
-    denied = _authorize(request)
+    denied = authorize(request)
     if denied is not None:
         return denied
     models, problems = _build_every_panel(request)
@@ -256,7 +202,7 @@ def every_partial(request: Request) -> Response:
     """Every panel at once as out-of-band swaps: what the dashboard polls. One request per poll,
     not one per panel: eleven requests cost the app about seven times the CPU of this one
     (`bench/dashboard_poll.py`), nearly all of it per-request HTTP work."""
-    denied = _authorize(request)
+    denied = authorize(request)
     if denied is not None:
         return denied
     models, problems = _build_every_panel(request)
@@ -272,7 +218,7 @@ def every_partial(request: Request) -> Response:
 def partial(request: Request, panel: str) -> Response:
     """One panel's fragment (the combined poll's parts, one at a time); always 200, a degraded
     rendering on trouble."""
-    denied = _authorize(request)
+    denied = authorize(request)
     if denied is not None:
         return denied
     if panel not in views.BUILDERS:
@@ -287,7 +233,7 @@ def partial(request: Request, panel: str) -> Response:
 @router.get("/api/snapshot")
 def snapshot(request: Request) -> Any:
     """The whole monitor snapshot as JSON: pool, held connections joined to the server, rules."""
-    denied = _authorize(request)
+    denied = authorize(request)
     if denied is not None:
         return denied
     monitor = getattr(request.app.state, "pool_monitor", None)

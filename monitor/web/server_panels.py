@@ -13,6 +13,7 @@ from monitor.state.server import (
     blocked_sessions,
     sessions_by_state,
 )
+from monitor.state.session_cap import SESSION_LIST_CAP, CappedSessions, cap_sessions
 from monitor.state.view import MonitorView
 from monitor.web.formatting import (
     NOTHING,
@@ -124,6 +125,12 @@ def build_server(view: MonitorView, ctx: RenderContext) -> ServerPanel:
         CountRow(name, sum(states.values()), ", ".join(f"{n} {s}" for s, n in states.items()))
         for name, states in sorted(apps.items(), key=lambda item: -sum(item[1].values()))
     )
+    if len(by_application) > SESSION_LIST_CAP:  # one row per name: bounded like the lists
+        rest = by_application[SESSION_LIST_CAP - 1 :]
+        by_application = (
+            *by_application[: SESSION_LIST_CAP - 1],
+            CountRow(f"({len(rest)} other applications)", sum(r.count for r in rest), ""),
+        )
     s = sample.settings
     settings = (
         Fact("server", f"PostgreSQL {s.server_version}"),
@@ -166,6 +173,7 @@ class BlockingPanel:
     blocked: tuple[SessionRow, ...]
     blocking: tuple[SessionRow, ...]
     fresh: str = ""
+    omitted: str | None = None  # the cap, stated, when sessions were left out
 
     @property
     def calm(self) -> bool:
@@ -199,7 +207,8 @@ def build_blocking(view: MonitorView, ctx: RenderContext) -> BlockingPanel:
     if sample is None:
         return BlockingPanel(False, (), ())
     owners = _owners(view)
-    blocked = blocked_sessions(sample)
+    capped = cap_sessions(blocked_sessions(sample))
+    blocked = list(capped.shown)
     blocker_pids = sorted({pid for backend in blocked for pid in backend.blocked_by})
     by_pid = {backend.pid: backend for backend in sample.backends}
     blocking = []
@@ -215,8 +224,19 @@ def build_blocking(view: MonitorView, ctx: RenderContext) -> BlockingPanel:
     return BlockingPanel(
         True,
         tuple(_session_row(b, owners, b.state_age_s) for b in blocked),
-        tuple(blocking),
+        tuple(blocking[:SESSION_LIST_CAP]),
         _server_fresh(view),
+        _omitted_note(capped, "waiting sessions"),
+    )
+
+
+def _omitted_note(capped: CappedSessions, what: str) -> str | None:
+    if not capped.omitted:
+        return None
+    states = ", ".join(f"{count} {state}" for state, count in capped.omitted_by_state)
+    return (
+        f"{len(capped.shown)} of {capped.total} {what} listed (at most {capped.cap}); "
+        f"not listed: {states}"
     )
 
 
@@ -265,7 +285,7 @@ def build_orphans(view: MonitorView, ctx: RenderContext) -> OrphansPanel:
                 checked_out="yes" if c.checked_out else "no",
                 route=holder_label(c.holder),
             )
-            for c in view.phantoms
+            for c in view.phantoms[:SESSION_LIST_CAP]
         ),
         max(0, len(orphans) - MAX_ORPHAN_ROWS),
         _server_fresh(view),

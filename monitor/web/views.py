@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from monitor.state.records import LeakClass, PoolTimeoutRecord
+from monitor.state.server import Backend
 from monitor.state.verdicts import RuleVerdict
 from monitor.state.view import HeldConnection, MonitorView
+from monitor.state.visibility import incomplete_note
 from monitor.web.formatting import (
     NOTHING,
     STATUS_LABELS,
@@ -37,20 +39,25 @@ from monitor.web.formatting import (
     worst_status,
 )
 from monitor.web.history import GaugeSample
+from monitor.web.pgbouncer_panel import build_pgbouncer
 from monitor.web.render_context import RenderContext
 from monitor.web.server_panels import build_blocking, build_orphans, build_server
 
 LEAK_LABELS = {
+    LeakClass.OUTLIVED_OWNER: "outlived its owner",
     LeakClass.IDLE_IN_TRANSACTION: "idle in transaction",
     LeakClass.IDLE: "idle but held",
     LeakClass.ACTIVE: "active long query",
     LeakClass.UNKNOWN: "no server data yet",
+    LeakClass.NO_SERVER_VIEW: "held, behind a pooler (no server session of its own)",
 }
 LEAK_STATUS = {
+    LeakClass.OUTLIVED_OWNER: "fail",
     LeakClass.IDLE_IN_TRANSACTION: "fail",
     LeakClass.IDLE: "warn",
     LeakClass.ACTIVE: "warn",
     LeakClass.UNKNOWN: "warn",
+    LeakClass.NO_SERVER_VIEW: "warn",
 }
 
 
@@ -368,6 +375,8 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
     server_state, wait_event, xact_age, query, kill = (
         _state_when_unknown(view), NOTHING, NOTHING, NOTHING, NOTHING,
     )  # fmt: skip
+    if held.no_server_view is not None:
+        server_state, wait_event = "no server session of its own", held.no_server_view
     if backend is not None:
         server_state = backend.state or NOTHING
         wait_event = wait_event_text(backend)
@@ -384,11 +393,12 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
     return ConnectionRow(
         key=f"held-{conn.slot_id}-{conn.checkouts}",
         slot=conn.slot_id,
-        pid=pid_text(conn.pid),
+        # Behind a pooler the driver's pid is the pooler's key: show the joined one.
+        pid=pid_text(held.server_pid if view.pooler and view.pooler.detected else conn.pid),
         request_id=request_id_label(conn.holder),
         age=duration(conn.held_for_s),
         status=LEAK_STATUS[leak] if leak else "ok",
-        leak=LEAK_LABELS[leak] if leak else "",
+        leak=_leak_label(leak, backend),
         server_state=server_state,
         wait_event=wait_event,
         xact_age=xact_age,
@@ -396,6 +406,15 @@ def _connection_row(view: MonitorView, held: HeldConnection) -> ConnectionRow:
         query_hidden=backend.query_hidden if backend is not None else False,
         kill=kill,
     )
+
+
+def _leak_label(leak: LeakClass | None, backend: Backend | None) -> str:
+    """The leak's class; one that outlived its owner also says what the server sees it do."""
+    if leak is None:
+        return ""
+    if leak is LeakClass.OUTLIVED_OWNER and backend is not None and backend.state:
+        return f"{LEAK_LABELS[leak]}, {backend.state}"
+    return LEAK_LABELS[leak]
 
 
 def _age_range(ages: Sequence[float | None]) -> str:
@@ -462,7 +481,11 @@ def build_held(view: MonitorView, ctx: RenderContext) -> HeldPanel:
         summary = f"{total} of {view.pool_stats.max_connections} connection(s) checked out"
         if suspects:
             summary += f"; {suspects} of them under suspected leaks, above"
-    note = f"held longer than {duration(view.pool.leak_threshold_s)}: a suspected leak"
+    note = (
+        "a connection still held when its owner finished is a leak; one held longer than "
+        f"{duration(view.pool.leak_threshold_s)} is a long hold, a suspected leak once unused "
+        "that long or held past its ceiling"
+    )
     return HeldPanel(groups, summary, note, not groups, freshness(view, server=True))
 
 
@@ -871,12 +894,7 @@ def build_probe(view: MonitorView, ctx: RenderContext) -> ProbePanel:
     last_error = None
     if server.last_error is not None:
         last_error = f"{server.last_error} ({ago(server.last_error_at, now)})"
-    hidden_note = None
-    if server.hidden_queries:
-        hidden_note = (
-            f"{server.hidden_queries} session(s) hide their query text from the probe's role; "
-            "grant it pg_read_all_stats to see them"
-        )
+    hidden_note = incomplete_note(server)
     line = (
         f"last success {ago(server.last_success_at, now)}, "
         f"{duration(durations[-1]) if durations else NOTHING}; "
@@ -929,6 +947,7 @@ BUILDERS: dict[str, Builder] = {
     "slow": build_slow,
     "timeouts": build_timeouts,
     "orphans": build_orphans,
+    "pgbouncer": build_pgbouncer,
 }
 PANEL_NAMES: tuple[str, ...] = tuple(BUILDERS)
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL
 from monitor import cli
 from monitor.demo.load import (
     LOAD_MIX,
+    MAX_DURATION_S,
     LoadSummary,
     LoadTargetUnreachable,
     OperationSummary,
@@ -25,31 +26,34 @@ from monitor.demo.load import (
     start_background_load,
 )
 from tests.conftest import url_string
-from tests.servers import free_port
+from tests.servers import free_port, wait_for
 
 
 def test_load_against_a_served_app(
     served_app: tuple[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     base, app = served_app
-    summary = run_load(base, 2.0, 4, seed=7, progress=True)
-
-    assert summary.requests > 0
-    assert summary.errors == 0, summary.error_kinds
-    assert 0 < summary.p50_ms <= summary.p95_ms <= summary.p99_ms
-    assert 1.9 <= summary.duration_s < 8
-    assert sum(op.requests for op in summary.operations) == summary.requests
-    names = {op.name for op in summary.operations}
-    assert names <= set(LOAD_MIX) and {"create_product", "create_user", "list_products"} <= names
-    for op in summary.operations:
-        assert op.p50_ms <= op.p95_ms <= op.p99_ms
+    wanted = {"create_product", "create_user", "list_products"}
+    names: set[str] = set()
+    # How many requests fit in 2 s depends on the machine's load: run again (bounded) until the
+    # mix has shown the operations checked below, rather than asserting a rate.
+    for run in range(20):
+        summary = run_load(base, 2.0, 4, seed=7 + run, progress=run == 0)
+        assert summary.errors == 0, summary.error_kinds
+        assert summary.duration_s >= 1.9  # no upper bound: a busy machine answers late
+        assert sum(op.requests for op in summary.operations) == summary.requests
+        if summary.requests:
+            assert 0 < summary.p50_ms <= summary.p95_ms <= summary.p99_ms
+        for op in summary.operations:
+            assert op.p50_ms <= op.p95_ms <= op.p99_ms
+        names |= {op.name for op in summary.operations}
+        if wanted <= names:
+            break
+    assert names <= set(LOAD_MIX) and wanted <= names, names
     # Rows were really written, and every connection comes back (the session dependency may
     # close a moment after the response went out).
     assert httpx.get(f"{base}/users", timeout=5).json()["total"] > 0
-    deadline = time.monotonic() + 1
-    while app.state.engine.pool.checkedout() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert app.state.engine.pool.checkedout() == 0
+    assert wait_for(lambda: app.state.engine.pool.checkedout() == 0, 30)
 
     progress = capsys.readouterr().err
     assert "\r[" in progress and "req/s now" in progress and progress.endswith("\n")
@@ -89,10 +93,9 @@ def test_summary_is_an_aligned_table() -> None:
 
 def test_unreachable_target_is_refused_before_the_run() -> None:
     port = free_port()  # nothing listens there
-    started = time.monotonic()
+    # Refused before the run: a run of MAX_DURATION_S would end in the test's timeout instead.
     with pytest.raises(LoadTargetUnreachable, match=f"127.0.0.1:{port}"):
-        run_load(f"http://127.0.0.1:{port}", 5.0, 2, progress=False)
-    assert time.monotonic() - started < 5
+        run_load(f"http://127.0.0.1:{port}", MAX_DURATION_S, 2, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -181,18 +184,24 @@ def test_cli_load_exits_non_zero_when_requests_fail_unexpectedly(
 def test_background_load_is_gentle_and_stops(served_app: tuple[str, Any]) -> None:
     base, app = served_app
     monitor = app.state.pool_monitor
+
+    def checkouts() -> int:
+        return int(monitor.snapshot()["pool"]["counters"]["checkouts"]) - before
+
     before = monitor.snapshot()["pool"]["counters"]["checkouts"]
-    stop = start_background_load(base, rate_per_s=5, seed=1)
-    time.sleep(1.5)
     started = time.monotonic()
+    stop = start_background_load(base, rate_per_s=5, seed=1)
+    assert wait_for(lambda: checkouts() >= 2, 30)
     stop()
-    assert time.monotonic() - started < 3.5
-    checkouts = monitor.snapshot()["pool"]["counters"]["checkouts"] - before
-    assert 2 <= checkouts <= 15  # ~5 req/s for 1.5 s
-    time.sleep(0.5)
-    assert monitor.snapshot()["pool"]["counters"]["checkouts"] - before == checkouts
+    ran_s = time.monotonic() - started
+    done = checkouts()
+    # Gentle: at most its rate (a busy machine only sends fewer); a request may check out twice.
+    assert done <= 2 * (5 * ran_s + 3), (done, ran_s)
+    time.sleep(1.0)
+    assert checkouts() - done <= 2  # stopped: at most the request in flight still lands
 
 
+@pytest.mark.timeout(180)
 def test_demo_command_starts_the_background_load(schema_url: URL) -> None:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url_string(schema_url), "MONITOR_PROBE_INTERVAL_S": "1"}
@@ -205,7 +214,7 @@ def test_demo_command_starts_the_background_load(schema_url: URL) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a busy machine starts the app slowly
         checkouts = 0
         while time.monotonic() < deadline:
             try:
@@ -216,7 +225,7 @@ def test_demo_command_starts_the_background_load(schema_url: URL) -> None:
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             time.sleep(0.25)
-        assert checkouts >= 3, "no background load within 30 s"
+        assert checkouts >= 3, "no background load within 90 s"
         # The demo routes are on in `demo`.
         released = httpx.post(f"{base}/demo/release", headers={"HX-Request": "true"}, timeout=5)
         assert released.status_code == 200

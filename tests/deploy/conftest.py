@@ -76,7 +76,23 @@ HISTOGRAMS = frozenset(
     }
 )
 
-BASE_METRICS = POOL_METRICS | SERVER_METRICS
+PGBOUNCER_METRICS = frozenset(
+    {
+        "pool_monitor_pgbouncer_up",
+        "pool_monitor_pgbouncer_probe_errors_total",
+        "pool_monitor_pgbouncer_clients",
+        "pool_monitor_pgbouncer_servers",
+        "pool_monitor_pgbouncer_max_wait_seconds",
+        "pool_monitor_pgbouncer_pool_info",
+        "pool_monitor_pgbouncer_transactions_total",
+        "pool_monitor_pgbouncer_queries_total",
+        "pool_monitor_pgbouncer_client_wait_seconds_total",
+        "pool_monitor_pgbouncer_max_client_conn",
+    }
+)
+"""PgBouncer's pools from its admin console (labels database, user): only with pgbouncer_url."""
+
+BASE_METRICS = POOL_METRICS | SERVER_METRICS | PGBOUNCER_METRICS
 
 # postgres_exporter's series that the dashboard and the alerts use (job `postgres`), and
 # Prometheus' own `up`. None of them is the app's: the app exports no `pg_*`.

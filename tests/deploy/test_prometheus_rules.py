@@ -38,6 +38,8 @@ EXPECTED_ALERTS = {
     "DatabaseDown",
     "ProbeFailing",
     "ProbeStale",
+    "PgBouncerClientsWaiting",
+    "PgBouncerMaxWaitHigh",
 }
 SEVERITIES = {"warning", "critical"}
 # Only these page: requests are failing, or nothing watches the app any more.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -84,3 +85,35 @@ def test_a_connection_held_past_its_request_still_names_it(
         (view,) = [c for c in monitor.pool_snapshot().connections if c.checked_out]
     assert view.holder is not None
     assert (view.holder.route, view.holder.request_id) == ("GET /keep/{name}", "kept-1")
+
+
+def test_a_task_started_by_a_request_that_runs_on_after_it_is_its_own_holder(
+    engine: Engine, monitor: PoolMonitor
+) -> None:
+    app = FastAPI()
+    install_monitor(app, monitor)
+    started: list[asyncio.Task[None]] = []
+    release = asyncio.Event()
+
+    async def later() -> None:
+        await release.wait()
+        with engine.connect() as conn:  # after its request ended: the task holds it
+            conn.execute(text("SELECT 1"))
+            (view,) = [c for c in monitor.pool_snapshot().connections if c.checked_out]
+            assert view.holder is not None
+            assert (view.holder.kind, view.holder.route) == ("task", "send-mail")
+            assert monitor.tracker.sweep() == []
+
+    @app.post("/signup")
+    async def signup() -> dict[str, str]:
+        started.append(asyncio.create_task(later(), name="send-mail"))
+        return {"ok": "yes"}
+
+    async def finish() -> None:
+        release.set()
+        await started[0]
+
+    with TestClient(app) as client:
+        assert client.post("/signup").status_code == 200
+        assert client.portal is not None
+        client.portal.call(finish)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from monitor.metrics import names
@@ -164,14 +165,14 @@ def test_a_leak_past_the_threshold_is_exposed_by_class(engine: Engine, sample: S
     def leaked(leak_class: LeakClass) -> float | None:
         return sample(names.LEAKED_CONNECTIONS, **POOL_LABELS, **{"class": leak_class.value})
 
-    assert [leaked(c) for c in LeakClass] == [0, 0, 0, 0]
+    assert [leaked(c) for c in LeakClass] == [0] * len(LeakClass)
     with holding(engine, 1, in_transaction=True):
         # Threshold 1 s; the sweep after each probe classifies it from pg_stat_activity.
         wait_for(lambda: leaked(LeakClass.IDLE_IN_TRANSACTION), lambda v: v == 1)
         assert sum(leaked(c) or 0 for c in LeakClass) == 1
         total = sample(names.LEAKS_TOTAL, **POOL_LABELS, **{"class": "idle_in_transaction"})
         assert total is not None and total >= 1
-    assert [leaked(c) for c in LeakClass] == [0, 0, 0, 0]
+    assert [leaked(c) for c in LeakClass] == [0] * len(LeakClass)
     assert sum(
         sample(names.LEAKS_TOTAL, **POOL_LABELS, **{"class": c.value}) or 0 for c in LeakClass
     ) == 1  # fmt: skip
@@ -299,3 +300,24 @@ def test_buckets_reach_past_the_limits_they_measure(
     assert max(use[:-1]) >= 600  # a connection leaked for minutes is not read as the last bound
     create = bounds(names.CREATE_TIME_SECONDS)
     assert min(create) < 0.001 and max(create[:-1]) >= 5
+
+
+def test_a_long_hold_that_keeps_working_is_exposed_apart_from_leaks(
+    engine: Engine, sample: Sample
+) -> None:
+    assert sample(names.LONG_HOLDS, **POOL_LABELS) == 0
+    with holding(engine, 1) as (connection,):
+        # Threshold 1 s: a statement every 0.2 s keeps it a long hold, never a leak.
+        def working_long_hold() -> float | None:
+            connection.execute(text("SELECT 1"))
+            time.sleep(0.2)
+            return sample(names.LONG_HOLDS, **POOL_LABELS)
+
+        wait_for(working_long_hold, lambda v: v == 1)
+        total = sample(names.LONG_HOLDS_TOTAL, **POOL_LABELS)
+        assert total is not None and total >= 1
+        assert sum(
+            sample(names.LEAKED_CONNECTIONS, **POOL_LABELS, **{"class": c.value}) or 0
+            for c in LeakClass
+        ) == 0  # fmt: skip
+    assert sample(names.LONG_HOLDS, **POOL_LABELS) == 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import subprocess
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +19,18 @@ import httpx
 import pytest
 import yaml
 from fastapi import FastAPI
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from monitor import PoolMonitor
 from monitor.app import create_app
 from monitor.settings import Settings
 from tests.conftest import require_tool, url_string
 from tests.deploy.conftest import DASHBOARD, PROMETHEUS_DIR
 from tests.deploy.grafana_queries import panel_queries
 from tests.metrics.conftest import holding, wait_for
+from tests.pgbouncer import PgBouncer
 from tests.servers import free_port, serve_in_thread
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
@@ -38,7 +42,10 @@ ALERT_GROUPS = {
     "pool-monitor-pool",
     "pool-monitor-server",
     "pool-monitor-probe",
+    "pool-monitor-pgbouncer",
 }
+# The PgBouncer row has data only when the app goes through PgBouncer: its own test below.
+PGBOUNCER_ROW = "PgBouncer"
 # Panels allowed to return only NaN in this situation, with the reason. The situation below is
 # built so that every panel has a number; keep this empty unless a panel cannot.
 MAY_BE_NAN: dict[str, str] = {}
@@ -104,22 +111,25 @@ def prometheus(
 ) -> Iterator[httpx.Client]:
     """Prometheus scraping the app and postgres_exporter every second, with the bundled alert
     rules; killed afterwards."""
+    with run_prometheus({JOB: live_app[1], PG_JOB: postgres_exporter}, tmp_path) as api:
+        yield api
+
+
+@contextmanager
+def run_prometheus(targets: dict[str, int], tmp_path: Path) -> Iterator[httpx.Client]:
+    """Prometheus scraping each job's loopback port every second, with the bundled rules."""
     binary = require_tool("prometheus")
-    port = free_port()
+    listen_port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(PROMETHEUS_DIR / "alerts.yml")],
         "scrape_configs": [
             {
-                "job_name": JOB,
+                "job_name": job,
                 "metrics_path": "/metrics",
-                "static_configs": [{"targets": [f"127.0.0.1:{live_app[1]}"]}],
-            },
-            {
-                "job_name": PG_JOB,
-                "metrics_path": "/metrics",
-                "static_configs": [{"targets": [f"127.0.0.1:{postgres_exporter}"]}],
-            },
+                "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+            }
+            for job, port in targets.items()
         ],
     }
     config_file = tmp_path / "prometheus.yml"
@@ -131,12 +141,12 @@ def prometheus(
                 binary,
                 f"--config.file={config_file}",
                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                f"--web.listen-address=127.0.0.1:{listen_port}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        api = httpx.Client(base_url=f"http://127.0.0.1:{listen_port}", timeout=10)
         try:
 
             def ready() -> bool:
@@ -210,6 +220,8 @@ def test_dashboard_queries_and_alert_rules_have_data(
         queries = panel_queries(DASHBOARD)
         assert len(queries) >= 20
         for title, expr in queries:
+            if title.startswith(PGBOUNCER_ROW):
+                continue
             result = _query(api, expr)
             values = _values(result)
             if result.get("status") != "success":
@@ -219,7 +231,7 @@ def test_dashboard_queries_and_alert_rules_have_data(
             else:
                 with_data.add(title)
         assert failed == []  # every query is valid PromQL against the real series
-        titles = {title for title, _ in queries}
+        titles = {title for title, _ in queries if not title.startswith(PGBOUNCER_ROW)}
         assert len(with_data) / len(titles) >= PANELS_WITH_DATA, (sorted(titles - with_data), empty)
 
         # Side by side, nothing collides: no series name comes from both jobs, none of the
@@ -251,3 +263,73 @@ def test_dashboard_queries_and_alert_rules_have_data(
         assert states["DatabaseDown"] == "inactive"
         assert states["PoolMonitorDown"] == "inactive" and states["PoolMonitorAbsent"] == "inactive"
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_pgbouncer_panels_and_alerts_have_data_behind_a_real_pgbouncer(
+    pgbouncer_transaction: PgBouncer, tmp_path: Path
+) -> None:
+    # One server connection: a second client waits while the first holds a transaction.
+    bouncer = pgbouncer_transaction
+    engine = create_engine(bouncer.url(), pool_size=2, max_overflow=0)
+    monitor = PoolMonitor(engine, probe_interval_s=0.5, pgbouncer_url=bouncer.admin_url)
+    app = FastAPI()
+    monitor.install(app)
+    other = create_engine(bouncer.url())
+    try:
+        with (
+            serve_in_thread(app) as base,
+            run_prometheus({JOB: int(base.rsplit(":", 1)[1])}, tmp_path) as api,
+        ):
+            with engine.connect() as holder:
+                holder.execute(text("SELECT 1"))
+
+                def wait_for_a_server() -> None:
+                    with other.connect() as conn:
+                        conn.execute(text("SELECT 1"))
+
+                waiter = threading.Thread(target=wait_for_a_server, daemon=True)
+                waiter.start()
+                for expr in (
+                    'pool_monitor_pgbouncer_clients{state="waiting"} > 0',
+                    "pool_monitor_pgbouncer_max_wait_seconds > 0",
+                    f'count_over_time(pool_monitor_pgbouncer_up{{job="{JOB}"}}[1m]) >= 4',
+                ):
+                    _wait_until_seen(api, expr)
+                problems = []
+                for title, expr in panel_queries(DASHBOARD):
+                    if not title.startswith(PGBOUNCER_ROW):
+                        continue
+                    values = _values(_query(api, expr))
+                    if not values or all(math.isnan(v) for v in values):
+                        problems.append(f"{title}: no number for {expr}")
+                assert problems == []
+                rules = wait_for(
+                    lambda: [
+                        r
+                        for g in _rules(api)
+                        if g["name"] == "pool-monitor-pgbouncer"
+                        for r in g["rules"]
+                    ],
+                    lambda rs: bool(rs) and all(r["health"] == "ok" for r in rs),
+                )
+                # Waiting clients make the rule pending at once (its `for` is 2m).
+                states = wait_for(
+                    lambda: {
+                        r["name"]: r["state"]
+                        for g in _rules(api)
+                        for r in g["rules"]
+                        if g["name"] == "pool-monitor-pgbouncer"
+                    },
+                    lambda s: s.get("PgBouncerClientsWaiting") == "pending",
+                )
+                assert {r["name"] for r in rules} == {
+                    "PgBouncerClientsWaiting",
+                    "PgBouncerMaxWaitHigh",
+                }
+                assert states["PgBouncerClientsWaiting"] == "pending"
+                holder.rollback()
+            waiter.join(15)
+    finally:
+        monitor.detach()
+        engine.dispose()
+        other.dispose()

@@ -125,7 +125,7 @@ def test_probe_reports_the_server_timeouts_not_its_own(
     assert snapshot.up is True, snapshot.last_error
     assert snapshot.last_sample is not None
     settings = snapshot.last_sample.settings
-    # The probe's session runs with statement_timeout = 500 ms; sessions of the app get 45 s.
+    # The probe's transaction runs with statement_timeout = 500 ms; sessions of the app get 45 s.
     assert settings.statement_timeout_s == 45.0
     assert settings.idle_in_transaction_session_timeout_s == 90.0
     assert settings.idle_session_timeout_s == 600.0
@@ -133,5 +133,5 @@ def test_probe_reports_the_server_timeouts_not_its_own(
         assert settings.transaction_timeout_s == 3600.0
     else:
         assert settings.transaction_timeout_s is None
-    with probe.engine.connect() as conn:
-        assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "500ms"
+    with probe.engine.connect() as conn:  # its 500 ms ended with its transaction
+        assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "45s"

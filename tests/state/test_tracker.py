@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 
 import pytest
 
-from monitor.state.holders import RequestScope
+from monitor.state.holders import Holder, RequestScope
 from monitor.state.records import LeakClass, to_dict
 from monitor.state.tracker import PoolTracker, classify
 from tests.state.conftest import FakeClock
@@ -92,7 +94,7 @@ def test_second_connection_of_a_request_is_flagged_once(tracker: PoolTracker) ->
     assert snapshot.multi_connection_requests[0].route == "GET /two"
     for slot in slots:
         tracker.checkin(slot)
-    assert request.connections_held == 0
+    assert request.held == {tracker: 0}
 
 
 def test_slow_queries_grouped_and_bounded(clock: FakeClock) -> None:
@@ -253,3 +255,186 @@ def test_history_spells_out_each_cycle_in_time_order(
         ("checkout", ""),
     ]
     assert [event.at for event in view.history] == sorted(event.at for event in view.history)
+
+
+# ---- ownership ---------------------------------------------------------------------------------
+
+
+def test_a_checkout_that_outlived_its_request_is_a_leak_at_the_next_sweep(
+    tracker: PoolTracker, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    slot = _connect(tracker)
+    request = RequestScope.named("GET", "/keep", "keep-1")
+    tracker.checkout(slot, request, None, ())
+    clock.advance(0.1)
+    assert tracker.sweep() == []  # well under the 5 s threshold, its request still running
+    request.finish()
+    with caplog.at_level(logging.WARNING, logger="monitor.leaks"):
+        (leak,) = tracker.sweep({100: "idle in transaction"})
+    # Its owner's end decides, not the time held nor what the server sees.
+    assert leak.leak_class is LeakClass.OUTLIVED_OWNER and leak.reason == "outlived its owner"
+    assert tracker.snapshot({100: "idle"}).leaks[0].leak_class is LeakClass.OUTLIVED_OWNER
+    (record,) = caplog.records
+    assert "keep-1" in record.getMessage() and "outlived its owner" in record.getMessage()
+    assert record.request_id == "keep-1" and record.owner == "request"  # type: ignore[attr-defined]
+
+
+def test_a_live_owner_that_keeps_working_holds_long_without_a_leak(
+    tracker: PoolTracker, clock: FakeClock
+) -> None:
+    slot = _connect(tracker)
+    tracker.checkout(slot, RequestScope.named("GET", "/stream", "s-1"), None, ())
+    for _ in range(20):  # 40 s, a statement every 2 s (threshold 5 s, ceiling 50 s)
+        clock.advance(2)
+        slot.used_at = clock.now
+        assert tracker.sweep() == []
+    snapshot = tracker.snapshot()
+    assert snapshot.counters.long_holds == 1  # one hold, counted once
+    (hold,) = snapshot.long_holds
+    assert hold.holder is not None and hold.holder.route == "GET /stream"
+    assert (hold.held_for_s, hold.unused_for_s, hold.ceiling_s) == (40, 0, 50)
+    assert not hold.declared
+
+
+def test_a_live_owner_leaving_it_unused_past_the_threshold_is_suspected(
+    tracker: PoolTracker, clock: FakeClock
+) -> None:
+    slot = _connect(tracker)
+    tracker.checkout(slot, None, "worker", ())
+    clock.advance(4)
+    slot.used_at = clock.now
+    clock.advance(4.9)
+    assert tracker.sweep() == []  # held 8.9 s, unused 4.9 s: a long hold
+    clock.advance(0.2)
+    (leak,) = tracker.sweep({100: "idle in transaction"})
+    assert leak.leak_class is LeakClass.IDLE_IN_TRANSACTION and leak.reason == "unused for 5.1 s"
+    assert tracker.snapshot().long_holds == ()
+
+
+def test_a_statement_running_past_the_threshold_is_not_unused(
+    tracker: PoolTracker, clock: FakeClock
+) -> None:
+    slot = _connect(tracker)
+    tracker.checkout(slot, None, "worker", ())
+    slot.used_at = float("inf")  # what the statement wrapper writes while one runs
+    clock.advance(30)
+    assert tracker.sweep() == []
+    assert tracker.snapshot().long_holds[0].unused_for_s == 0
+
+
+def test_past_the_ceiling_even_a_busy_owner_is_suspected(
+    tracker: PoolTracker, clock: FakeClock
+) -> None:
+    slot = _connect(tracker)
+    tracker.checkout(slot, None, "worker", ())
+    clock.advance(50)
+    slot.used_at = clock.now
+    (leak,) = tracker.sweep({100: "active"})
+    assert leak.leak_class is LeakClass.ACTIVE and leak.reason == "held past its 50 s ceiling"
+
+
+def test_declared_long_holders_have_their_own_ceiling(clock: FakeClock) -> None:
+    tracker = PoolTracker(
+        "test", leak_threshold_s=5.0, slow_query_s=0.1, clock=clock,
+        long_hold_ceiling_s=20, long_hold_routes={"/reports/{id}": 100},
+    )  # fmt: skip
+
+    class Route:
+        path = "/reports/{id}"
+
+    by_setting = RequestScope({"type": "http", "method": "GET", "route": Route(), "headers": []})
+    by_dependency = RequestScope.named("GET", "/export", "e-1")
+    by_dependency.long_hold_s = 60
+    undeclared = RequestScope.named("GET", "/other", "o-1")
+    slots = [_connect(tracker, pid) for pid in (1, 2, 3, 4)]
+    for slot, owner in zip(slots, (by_setting, by_dependency, undeclared), strict=False):
+        tracker.checkout(slot, owner, None, ())
+    by_dependency.response_sent = True  # its background work inherits the declaration
+    tracker.checkout(slots[3], by_dependency, None, ())
+    clock.advance(30)  # never used: a declared holder is judged by its ceiling alone
+    (leak,) = tracker.sweep()
+    assert leak.holder is not None and leak.holder.route == "GET /other"
+    holds = {hold.holder.route: hold for hold in tracker.snapshot().long_holds if hold.holder}
+    assert holds["GET /reports/{id}"].ceiling_s == 100 and holds["GET /reports/{id}"].declared
+    assert holds["GET /export"].ceiling_s == 60
+    assert holds["background of GET /export"].ceiling_s == 60
+    clock.advance(30)
+    assert {leak.holder.route for leak in tracker.sweep() if leak.holder} == {
+        "GET /export", "background of GET /export",
+    }  # fmt: skip
+
+
+def test_background_work_is_its_own_owner_named_after_its_request(
+    tracker: PoolTracker, clock: FakeClock
+) -> None:
+    request = RequestScope.named("POST", "/orders", "o-7")
+    first, second = _connect(tracker, 1), _connect(tracker, 2)
+    tracker.checkout(first, request, None, ())
+    request.response_sent = True
+    tracker.checkout(second, request, None, ())  # after the response: the background task
+    views = {v.slot_id: v.holder for v in tracker.snapshot().connections}
+    assert views[first.id] == Holder("request", "POST /orders", "o-7")
+    assert views[second.id] == Holder("background", "background of POST /orders", "o-7")
+    assert tracker.snapshot().counters.multi_connection_requests == 0  # two owners, one each
+    request.finish()
+    assert {leak.slot_id for leak in tracker.sweep()} == {first.id, second.id}
+
+
+def test_a_task_or_thread_owner_ends_with_it(tracker: PoolTracker) -> None:
+    ended = threading.Thread(target=lambda: None)
+    ended.start()
+    ended.join()
+    assert ended.ident is not None
+
+    async def done() -> asyncio.Task[None]:
+        task = asyncio.create_task(asyncio.sleep(0))
+        await task
+        return task
+
+    finished_task = asyncio.run(done())
+    alive = _connect(tracker, 1)
+    tracker.checkout(alive, None, threading.get_ident(), ())
+    for pid, owner in ((2, ended.ident), (3, finished_task)):
+        tracker.checkout(_connect(tracker, pid), None, owner, ())
+    leaks = tracker.sweep()
+    assert sorted(leak.pid or 0 for leak in leaks) == [2, 3]
+    assert all(leak.leak_class is LeakClass.OUTLIVED_OWNER for leak in leaks)
+
+
+def test_connections_of_two_pools_in_one_request_are_pools_used_not_a_violation(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    write = PoolTracker("write", leak_threshold_s=5.0, slow_query_s=0.1, clock=clock)
+    read = PoolTracker("read", leak_threshold_s=5.0, slow_query_s=0.1, clock=clock)
+    request = RequestScope.named("GET", "/split", "split-1")
+    with caplog.at_level(logging.WARNING, logger="monitor.leaks"):
+        for tracker in (write, read, read):  # the read pool twice, one after the other
+            slot = _connect(tracker)
+            tracker.checkout(slot, request, None, ())
+            if tracker is read:
+                tracker.checkin(slot)
+    assert caplog.records == []
+    assert write.snapshot().counters.multi_connection_requests == 0
+    snapshot = read.snapshot()
+    assert snapshot.counters.multi_connection_requests == 0
+    assert snapshot.counters.multi_pool_requests == 1
+    (used,) = snapshot.multi_pool_requests
+    assert (used.route, used.request_id, used.pools) == ("GET /split", "split-1", ("write", "read"))
+
+
+def test_the_drift_agrees_with_the_pool_count_including_connecting_and_returning(
+    clock: FakeClock,
+) -> None:
+    pool_count = [0]
+    tracker = PoolTracker(
+        "test", leak_threshold_s=5.0, slow_query_s=0.1, clock=clock,
+        pool_checked_out=lambda: pool_count[0],
+    )  # fmt: skip
+    assert tracker.accounting_drift() == 0
+    pool_count[0] = 2  # the pool counts a connection still connecting, and one returning
+    tracker.connecting.append(None)
+    tracker.returning.append(None)
+    assert tracker.snapshot().accounting_drift == 0
+    tracker.returning.pop()
+    assert tracker.snapshot().accounting_drift == -1  # a real disagreement stays visible
+    assert PoolTracker("t", leak_threshold_s=1, slow_query_s=1).accounting_drift() is None

@@ -113,3 +113,41 @@ def test_rules_all_ok_on_a_healthy_pool(clock: FakeClock) -> None:
     view = build_view(tracker.snapshot(), stats(), health(()), APP)
     assert {rule.status for rule in view.rules} == {"ok"}
     assert len(view.rules) == 8
+
+
+def test_the_commit_rule_counts_only_idle_in_transaction_past_the_minimum_age(
+    clock: FakeClock,
+) -> None:
+    tracker = tracker_with(clock, [11, 12])
+    slot = next(s for s in tracker._open.values() if s.pid == 12)
+    tracker.checkout(slot, None, "worker", ())
+
+    def commit_rule(*ages: float) -> tuple[str, str]:
+        server = health(tuple(backend(pid, "idle in transaction", state_age_s=age)
+                              for pid, age in zip((11, 12), ages, strict=True)))  # fmt: skip
+        view = build_view(tracker.snapshot(), stats(), server, APP)
+        rule = next(r for r in view.rules if r.rule == "Commit explicitly, handle rollbacks")
+        return rule.status, rule.why
+
+    # Between two statements of a transaction: milliseconds, not a finding (minimum 1 s).
+    status, why = commit_rule(0.02, 0.0)
+    assert status == "ok" and why.startswith("0 held connection(s) idle in transaction for 1 s")
+    status, why = commit_rule(0.02, 3.4)
+    assert status == "warn" and "1 held connection(s)" in why and "(oldest 3.4 s)" in why
+
+
+def test_a_leak_that_outlived_its_request_idle_in_transaction_fails_the_commit_rule(
+    clock: FakeClock,
+) -> None:
+    tracker = PoolTracker("app", leak_threshold_s=5, slow_query_s=1, clock=clock)
+    slot = tracker.new_slot()
+    tracker.connected(slot, 11, None)
+    request = RequestScope.named("POST", "/orders", "o-1")
+    tracker.checkout(slot, request, None, ())
+    request.finish()
+    (leak,) = tracker.sweep()
+    server = health((backend(11, "idle in transaction", state_age_s=2.0),))
+    view = build_view(tracker.snapshot(), stats(), server, APP)
+    rule = next(r for r in view.rules if r.rule == "Commit explicitly, handle rollbacks")
+    assert leak.leak_class.value == "outlived_owner"
+    assert rule.status == "fail" and "1 of them suspected leaks" in rule.why

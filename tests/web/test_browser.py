@@ -78,7 +78,9 @@ def test_a_failed_poll_is_shown_until_one_succeeds(
     app = create_app(app_settings.model_copy(update={"dashboard_token": token}))
     with serve(app) as base_url:
         page = new_page()
-        page.goto(f"{base_url}/monitor/?token={token}")  # trades the token for a cookie
+        page.goto(f"{base_url}/monitor/")  # the login form: the token goes in a POST body
+        page.fill("input[name=token]", token)
+        page.click("button[type=submit]")
         page.wait_for_function("() => window.htmx !== undefined", timeout=10_000)
         banner = page.locator("#poll-status")
         expect(banner).to_be_hidden()

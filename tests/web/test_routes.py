@@ -50,7 +50,7 @@ def test_dashboard_and_partials_show_a_held_connection(client: TestClient) -> No
             data = client.get("/monitor/api/snapshot").json()
             return any(h["server"] for h in data["held"]) and bool(data["pool"]["leaks"])
 
-        assert wait_for(joined_and_leaked, 8, 0.1), "the probe never joined the held connection"
+        assert wait_for(joined_and_leaked, 30, 0.1), "the probe never joined the held connection"
         page = client.get("/monitor/")
         assert page.status_code == 200
         assert page.headers["cache-control"] == "no-store"
@@ -193,14 +193,16 @@ def test_token_required_when_configured(token_client: TestClient, url: str) -> N
     assert allowed.status_code == 200
 
 
-def test_token_query_parameter_trades_for_a_cookie(token_client: TestClient) -> None:
-    response = token_client.get(
-        "/monitor/", params={"token": TOKEN, "view": "x"}, follow_redirects=False
-    )
+def test_login_form_trades_the_token_for_a_cookie(token_client: TestClient) -> None:
+    # The token travels in a POST body: never in a URL, so never in an access log.
+    wrong = token_client.post("/monitor/login", data={"token": "wrong"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "not the right one" in wrong.text
+    assert "set-cookie" not in wrong.headers
+    response = token_client.post("/monitor/login", data={"token": TOKEN}, follow_redirects=False)
     assert response.status_code == 303
-    assert response.headers["location"] == "/monitor/?view=x"
+    assert response.headers["location"] == "/monitor/"
     cookie = response.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/monitor" in cookie
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/;" in cookie
     assert TOKEN not in cookie, "the cookie holds a digest, not the token itself"
     # The client keeps the cookie: the dashboard and its partials now answer without a header.
     assert token_client.get("/monitor/").status_code == 200
@@ -210,6 +212,19 @@ def test_token_query_parameter_trades_for_a_cookie(token_client: TestClient) -> 
     assert token_client.get("/monitor/partials/held").status_code == 401
     # Static assets hold no data and stay public.
     assert token_client.get("/monitor/static/app.css").status_code == 200
+
+
+def test_a_token_in_the_url_is_not_a_way_in(token_client: TestClient) -> None:
+    response = token_client.get("/monitor/", params={"token": TOKEN}, follow_redirects=False)
+    assert response.status_code == 401
+    assert "set-cookie" not in response.headers
+
+
+def test_a_browser_without_the_token_gets_the_login_form(token_client: TestClient) -> None:
+    page = token_client.get("/monitor/", headers={"Accept": "text/html"})
+    assert page.status_code == 401
+    assert '<form method="post" action="/monitor/login">' in page.text
+    assert 'name="token"' in page.text and TOKEN not in page.text
 
 
 def test_a_failing_panel_still_answers_200(

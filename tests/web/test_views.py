@@ -250,7 +250,7 @@ def test_rules_panel_counts_statuses() -> None:
     assert since.startswith("since ") and since.endswith(", still now")
     status = views.build_status(view, CTX)
     assert (status.status_label, status.since) == ("Failing", since)
-    assert status.reason == "Always close sessions: 1 connection(s) held past 10 s now"
+    assert status.reason == "Always close sessions: 1 suspected leak(s) now"
 
 
 def test_status_reason_names_a_past_gc_reclaim_and_when_it_clears() -> None:
