@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from monitor.instrumentation import attachments
 from monitor.state.records import ConnectionView, PoolSnapshot
 from monitor.state.sites import Frame
 from monitor.state.tracker import PoolTracker, classify
@@ -161,6 +162,20 @@ class _Watched:
     holds: dict[tuple[int, int], _Hold] = field(default_factory=dict)  # (slot_id, checkouts)
     # Returned holds that sat idle in a transaction: reported when their owner finishes.
     retired: list[_Hold] = field(default_factory=list)
+    # The watch's own monitor while no monitor of the app's watches the engine (weak: the
+    # engine's events and wrappers keep the listeners alive as long as the engine lives).
+    passive: tuple[weakref.ref[Any], ...] = ()
+
+    def follow(self, tracker: PoolTracker) -> None:
+        """Read `tracker` from now on: its slots and counts are its own."""
+        self.tracker = weakref.ref(tracker)
+        self.holds.clear()
+        counters = tracker.snapshot(detail=False).counters
+        self.seen = {
+            GC_RECLAIMED: counters.gc_reclaimed,
+            POOL_TIMEOUT: counters.timeouts,
+            MULTI_CONNECTION: counters.multi_connection_requests,
+        }
 
 
 SESSION_OWNER = Owner("session", "import and collection", "session", "")
@@ -207,6 +222,7 @@ class SuiteWatch:
                 del DefaultDialect.engine_created
 
         self._restore.append(restore)
+        attachments.add_watcher(self)
         self._install_attribution()
 
     def _install_attribution(self) -> None:
@@ -233,6 +249,7 @@ class SuiteWatch:
             self._restore.append(partial(setattr, app_class, "build_middleware_stack", original))
 
     def uninstall(self) -> None:
+        attachments.remove_watcher(self)
         for restore in reversed(self._restore):
             restore()
         self._restore.clear()
@@ -245,24 +262,81 @@ class SuiteWatch:
         if getattr(self._internal, "active", False):
             return
         try:
-            from monitor.pool_monitor import PoolMonitor
-
-            monitor = PoolMonitor(
-                engine,
-                leak_threshold_s=self._leak_threshold_s,
-                probe=False,
-                pool_name=self._pool_name(engine),
-            )
+            tracker, passive = self._attach_passive(engine, self._pool_name(engine))
             watched = _Watched(
                 engine=weakref.ref(engine),
-                tracker=weakref.ref(monitor.tracker),
-                pool_name=monitor.pool_name,
+                tracker=weakref.ref(tracker),
+                pool_name=tracker.pool_name,
                 is_postgres=engine.dialect.name == "postgresql",
+                passive=passive,
             )
             with self._lock:
                 self._watched.append(watched)
         except Exception:
             log.warning("pool-monitor could not watch an engine", exc_info=True)
+
+    def _attach_passive(
+        self, engine: Engine, pool_name: str
+    ) -> tuple[PoolTracker, tuple[weakref.ref[Any], ...]]:
+        from monitor.pool_monitor import PoolMonitor
+
+        self._internal.active = True
+        try:
+            monitor = PoolMonitor(
+                engine, leak_threshold_s=self._leak_threshold_s, probe=False, pool_name=pool_name
+            )
+        finally:
+            self._internal.active = False
+        parts = (monitor._pool_listeners, monitor._statement_listeners)
+        return monitor.tracker, tuple(weakref.ref(part) for part in parts)
+
+    # ---- a monitor of the app's own on a watched engine (monitor.instrumentation.attachments)
+
+    def before_attach(self, engine: Engine) -> None:
+        """The app attaches its own monitor: take the watch's off the pool first."""
+        if getattr(self._internal, "active", False):
+            return
+        entry = self._entry(engine)
+        if entry is None or not entry.passive:
+            return
+        self._internal.active = True
+        try:
+            for ref in entry.passive:
+                part = ref()
+                if part is not None:
+                    part.detach()
+        finally:
+            self._internal.active = False
+        entry.passive = ()
+
+    def attached(self, engine: Engine, tracker: PoolTracker) -> None:
+        if getattr(self._internal, "active", False):
+            return
+        entry = self._entry(engine)
+        if entry is None:  # an engine made before the watch started
+            entry = _Watched(
+                engine=weakref.ref(engine),
+                tracker=weakref.ref(tracker),
+                pool_name=tracker.pool_name,
+                is_postgres=engine.dialect.name == "postgresql",
+            )
+            with self._lock:
+                self._watched.append(entry)
+        entry.follow(tracker)
+
+    def detached(self, engine: Engine, tracker: PoolTracker) -> None:
+        """The app's monitor left: the watch's own takes over again."""
+        if getattr(self._internal, "active", False):
+            return
+        entry = self._entry(engine)
+        if entry is None or entry.tracker() is not tracker:
+            return
+        own, entry.passive = self._attach_passive(engine, entry.pool_name)
+        entry.follow(own)
+
+    def _entry(self, engine: Engine) -> _Watched | None:
+        with self._lock:
+            return next((e for e in self._watched if e.engine() is engine), None)
 
     def _pool_name(self, engine: Engine) -> str:
         database = engine.url.database or engine.dialect.name

@@ -111,3 +111,54 @@ def test_async_engines_are_watched(suite: pytest.Pytester, monkeypatch: pytest.M
         ("test_async.py::test_async_leak", "held_after_test")
     ]
     assert findings[0]["site"][0].split(" in ")[0].endswith("test_async.py:13")  # engine.connect()
+
+
+MONITORED_APP_TESTS = """
+import os
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from monitor import PoolMonitor
+
+engine = create_engine(os.environ["PM_SUITE_URL"], pool_size=4, max_overflow=0)
+app = FastAPI()
+monitor = PoolMonitor(engine, probe=False)
+monitor.install(app)
+KEPT = []
+
+
+@app.get("/keep")
+def keep():
+    session = Session(engine)
+    session.execute(text("SELECT 1"))
+    KEPT.append(session)
+    return {}
+
+
+def test_leak_through_a_monitored_app():
+    with TestClient(app) as client:
+        assert client.get("/keep").status_code == 200
+
+
+def test_the_app_monitor_counts_once():
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert monitor.snapshot()["pool"]["counters"]["multi_connection_requests"] == 0
+    monitor.detach()  # the plugin's own monitor takes the engine back
+    conn = engine.connect()
+    KEPT.append(conn)
+"""
+
+
+def test_an_app_with_its_own_monitor_is_followed_not_doubled(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_monitored=MONITORED_APP_TESTS)
+    result, findings = run(suite, "test_monitored.py")
+
+    result.assert_outcomes(failed=2)
+    assert [(f["owner"]["name"], f["kind"], f["route"]) for f in findings] == [
+        ("test_monitored.py::test_leak_through_a_monitored_app", "held_after_test", "GET /keep"),
+        ("test_monitored.py::test_the_app_monitor_counts_once", "held_after_test", None),
+    ]
