@@ -19,6 +19,8 @@ from monitor.embedded import EmbeddedPostgres
 from monitor.settings import Settings
 from tests.pgbouncer import PgBouncer
 
+pytest_plugins = ["pytester"]  # tests/pytest_plugin runs small suites of its own
+
 STRICT = os.environ.get("MONITOR_TEST_STRICT") == "1"
 
 

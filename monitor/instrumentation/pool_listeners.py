@@ -29,6 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
+from monitor.instrumentation import attachments
 from monitor.instrumentation.backend import backend_pid, socket_address
 from monitor.instrumentation.guard import FailureGuard
 from monitor.state.holders import current_request
@@ -74,6 +75,7 @@ class PoolListeners:
         self._wrapped_records: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def attach(self, engine: Engine) -> None:
+        attachments.before_attach(engine)
         self._engine = engine
         # `async_engine.sync_engine` passed as a plain Engine is still an async pool.
         self._is_async = self._is_async or bool(getattr(engine.dialect, "is_async", False))
@@ -93,10 +95,12 @@ class PoolListeners:
             event.listen(engine, name, listener, asyncio=False)
             self._registered.append((name, listener))
         self._wrap_pool(engine.pool)
+        attachments.attached(engine, self._tracker)
 
     def detach(self) -> None:
         if self._engine is None:
             return
+        engine = self._engine
         for name, listener in self._registered:
             event.remove(self._engine, name, listener)
         self._registered.clear()
@@ -114,6 +118,7 @@ class PoolListeners:
         self._wrapped_pools = weakref.WeakSet()
         self._wrapped_records = weakref.WeakSet()
         self._engine = None
+        attachments.detached(engine, self._tracker)
 
     # ---- the hot path: wrappers -------------------------------------------------------------
 
