@@ -43,6 +43,10 @@ SCENARIOS: dict[str, Scenario] = {
         "What does it add to checkout + SELECT 1 + checkin? (goal <= 1.05x)",
         lambda args: pool.statement(rounds=20 if args.quick else 315),
     ),
+    "pytest-plugin": Scenario(
+        "What does `pytest --pool-monitor` add to a suite's wall time? (goal <= 1.05x)",
+        lambda args: pool.pytest_plugin(*((2, 60) if args.quick else (5, 300))),
+    ),
     "request": Scenario(
         "What does it cost a served request? (throughput >= 0.97x, p99 +<= 1 ms)",
         lambda args: request.run(request.QUICK if args.quick else request.FULL),

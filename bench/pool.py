@@ -1,4 +1,5 @@
-"""What the monitor costs code that uses the pool directly: a checkout, and a statement.
+"""What the monitor costs code that uses the pool directly: a checkout, a statement, and a test
+suite run with `pytest --pool-monitor` (pytest-plugin: wall time on/off, goal <= 1.05).
 
 A bare engine and an instrumented one (leak-site capture on) alternate rounds in one process and
 the per-round ratio of their time per cycle is judged:
@@ -184,3 +185,108 @@ def checkout_instructions(few: int = 1_000, many: int = 6_000) -> list[Verdict]:
     ratio = per_cycle["monitored"] / per_cycle["bare"]
     # A fixed hash seed: the same code counts the same within a few instructions per cycle.
     return [judge_count("checkout instructions", ratio, CHECKOUT_GOAL, spread=0.005)]
+
+
+# ---- the pytest plugin: what `pytest --pool-monitor` adds to a suite's wall time --------
+
+PLUGIN_GOAL = 1.05
+
+SUITE_CONFTEST = """
+import os
+
+import pytest
+from sqlalchemy import create_engine, text
+
+engine = create_engine(os.environ["BENCH_URL"], pool_size=5, max_overflow=5)
+
+
+@pytest.fixture
+def conn():
+    with engine.connect() as connection:
+        yield connection
+"""
+
+SUITE_HEADER = """
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from conftest import engine
+
+app = FastAPI()
+
+
+@app.get("/items/{item_id}")
+def read_item(item_id: int):
+    with Session(engine) as session:
+        return {"id": session.execute(text("SELECT :id"), {"id": item_id}).scalar_one()}
+
+
+client = TestClient(app)
+"""
+
+SUITE_TEST = """
+
+def test_{n}(conn):
+    conn.execute(text("SELECT 1"))
+    with Session(engine) as session:
+        session.execute(text("SELECT {n}"))
+"""
+
+SUITE_REQUEST_TEST = """
+
+def test_request_{n}():
+    assert client.get("/items/{n}").json() == {{"id": {n}}}
+"""
+
+
+def write_suite(directory: Path, tests: int) -> None:
+    (directory / "conftest.py").write_text(SUITE_CONFTEST)
+    body = [SUITE_HEADER]
+    for n in range(tests):
+        body.append(SUITE_REQUEST_TEST.format(n=n) if n % 5 == 0 else SUITE_TEST.format(n=n))
+    (directory / "test_bench_suite.py").write_text("".join(body))
+
+
+def run_suite_once(directory: Path, extra: list[str]) -> float:
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
+    started = time.perf_counter()
+    result = subprocess.run(
+        args,
+        cwd=directory,
+        env={**os.environ, "BENCH_URL": URL},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode not in (0, 1):  # 1: the suite's own failures, the same both ways
+        sys.exit(
+            f"pytest exited {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
+    return elapsed
+
+
+def pytest_plugin(rounds: int = 5, tests: int = 300) -> list[Verdict]:
+    """Wall time of a generated suite (a Session and a statement per test, a FastAPI request
+    every fifth) without and with `--pool-monitor`, alternating in fresh processes."""
+    with tempfile.TemporaryDirectory(prefix="pm-bench-suite-") as tmp:
+        directory = Path(tmp)
+        write_suite(directory, tests)
+        ratios = []
+        for _ in range(rounds):  # alternate, so drift of the machine hits both
+            off = run_suite_once(directory, [])
+            on = run_suite_once(directory, ["--pool-monitor=report"])
+            ratios.append(on / off)
+            print(f"suite of {tests} tests: off {off:.2f} s, on {on:.2f} s, ratio {on / off:.3f}")
+    return [
+        judge(
+            f"pytest --pool-monitor ({tests} tests)",
+            [[ratio] for ratio in ratios],
+            PLUGIN_GOAL,
+            at_least=False,
+            digits=3,
+            unit="x",
+        )
+    ]
