@@ -270,8 +270,8 @@ def poll(rounds: int = 5, polls: int = 40) -> list[Verdict]:
 
 def poll_with_sessions(sessions: int = 400, polls: int = 20) -> list[Verdict]:
     """The combined poll and the JSON snapshot with `sessions` idle server sessions under the
-    app's application_name (orphans, the worst case: each a listed row; the lists are capped
-    at 50), on a private embedded PostgreSQL; client and app in this process (CPU of both)."""
+    app's application_name (each a row of the server sample; the lists are capped at 50), on a
+    private embedded PostgreSQL; client and app in this process (CPU of both)."""
     data_dir = Path(tempfile.mkdtemp(prefix="pm-bench-", dir="/tmp"))
     server = EmbeddedPostgres(data_dir)
     url = server.start()
@@ -293,9 +293,11 @@ def poll_with_sessions(sessions: int = 400, polls: int = 20) -> list[Verdict]:
                 lists: Any = {}
                 while time.monotonic() < deadline:
                     lists = client.get("/monitor/api/snapshot").json().get("session_lists", {})
-                    if lists.get("orphans", {}).get("total", 0) >= sessions:
+                    if lists.get("server_sessions", {}).get("total", 0) >= sessions:
                         break
                     time.sleep(0.5)
+                else:
+                    raise SystemExit(f"the probe never saw the {sessions} sessions: {lists}")
                 snapshot = client.get("/monitor/api/snapshot")
                 sizes, cpu_ms = [], []
                 for _ in range(polls):

@@ -37,7 +37,7 @@ def run_bench(*args: str, database_url: URL, timeout_s: float = 220) -> str:
         (("scrape", "--quick"), "| scrape | "),
         (("checkout", "statement", "--quick"), "| statement | "),
         (("poll", "--quick"), "per panel / combined"),
-        (("poll", "--sessions", "20", "--quick"), "'orphans': {'cap': 50, 'total': 20"),
+        (("poll", "--sessions", "20", "--quick"), "'server_sessions': {'cap': 50, 'total': "),
         (("probe", "--through", "pgbouncer", "--quick"), "| probe through PgBouncer | "),
         (("request", "--instrument", "bytecodes", "--quick"), "monitor/state/tracker.py"),
         (("workers", "--quick"), "| workers /metrics (8 x 200 connections) | "),

@@ -170,6 +170,18 @@ def pool_families(view: MonitorView) -> Iterator[Metric]:
         )
     yield leaked
     yield leaks_total
+    yield _by_route(
+        names.LEAKS_BY_ROUTE_TOTAL,
+        "Connections flagged as leaked, by the route that held them.",
+        pool.pool_name,
+        counters.leaks_by_route,
+    )
+    yield _by_route(
+        names.TIMEOUTS_BY_ROUTE_TOTAL,
+        "Checkouts that gave up after the pool timeout, by the route that waited.",
+        pool.pool_name,
+        counters.timeouts_by_route,
+    )
 
     yield _gauge(
         names.LONG_HOLDS,
@@ -371,6 +383,16 @@ def _gauge(name: str, documentation: str, labels: list[str], value: float) -> Ga
 def _counter(name: str, documentation: str, labels: list[str], value: float) -> CounterMetricFamily:
     family = CounterMetricFamily(name, documentation, labels=_POOL)
     family.add_metric(labels, value)
+    return family
+
+
+def _by_route(
+    name: str, documentation: str, pool_name: str, counts: dict[str, int]
+) -> CounterMetricFamily:
+    """A counter per route; no series before a route's first count (the keys are unknown)."""
+    family = CounterMetricFamily(name, documentation, labels=[names.POOL_NAME, names.ROUTE])
+    for route, count in sorted(counts.items()):
+        family.add_metric([pool_name, route], count)
     return family
 
 

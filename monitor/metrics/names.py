@@ -29,6 +29,9 @@ MULTI_CONNECTION_REQUESTS_TOTAL: Final = "sqlalchemy_pool_multi_connection_reque
 ACCOUNTING_DRIFT: Final = "sqlalchemy_pool_accounting_drift"
 LONG_HOLDS: Final = "sqlalchemy_pool_long_held_connections"
 LONG_HOLDS_TOTAL: Final = "sqlalchemy_pool_long_holds_total"
+# By the holder's route template (at most 100 routes per pool, then "(other routes)").
+LEAKS_BY_ROUTE_TOTAL: Final = "sqlalchemy_pool_leaks_by_route_total"
+TIMEOUTS_BY_ROUTE_TOTAL: Final = "sqlalchemy_pool_timeouts_by_route_total"
 LISTENER_ERRORS_TOTAL: Final = "pool_monitor_listener_errors_total"
 PHANTOM_CONNECTIONS: Final = "pool_monitor_phantom_connections"
 ORPHAN_SESSIONS: Final = "pool_monitor_orphan_sessions"
@@ -59,6 +62,7 @@ POOL_NAME: Final = "db_client_connection_pool_name"
 STATE: Final = "db_client_connection_state"
 SERVER_STATE: Final = "state"  # pg_stat_activity.state on the server-side series
 CLASS: Final = "class"
+ROUTE: Final = "http_route"  # OpenTelemetry's http.route, as its Prometheus exporter renders it
 KIND: Final = "kind"
 DATNAME: Final = "datname"
 APPLICATION_NAME: Final = "application_name"

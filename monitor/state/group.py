@@ -12,7 +12,7 @@ import dataclasses
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from monitor.state.histogram import HistogramSnapshot
 from monitor.state.records import (
@@ -197,15 +197,17 @@ def _sum_known(values: Iterable[int | None]) -> int | None:
 def _add_counters(a: PoolCounters | None, b: PoolCounters) -> PoolCounters:
     if a is None:
         return b
-    numbers = {
-        f.name: getattr(a, f.name) + getattr(b, f.name)
-        for f in dataclasses.fields(PoolCounters)
-        if f.name != "leaks_by_class"
-    }
-    leaks = dict(a.leaks_by_class)
-    for name, count in b.leaks_by_class.items():
-        leaks[name] = leaks.get(name, 0) + count
-    return PoolCounters(leaks_by_class=leaks, **numbers)
+    added: dict[str, Any] = {}
+    for f in dataclasses.fields(PoolCounters):
+        mine, theirs = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(mine, dict):  # counts by class or route: added key by key
+            merged = dict(mine)
+            for key, count in theirs.items():
+                merged[key] = merged.get(key, 0) + count
+            added[f.name] = merged
+        else:
+            added[f.name] = mine + theirs
+    return PoolCounters(**added)
 
 
 def _add_histograms(a: HistogramSnapshot | None, b: HistogramSnapshot) -> HistogramSnapshot:

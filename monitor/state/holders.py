@@ -126,10 +126,16 @@ class RequestScope:
         return str(path) if path is not None else "?"
 
     @property
-    def route(self) -> str:
-        """Route template (`/products/{product_id}`), bounded in cardinality, or the raw path."""
+    def template(self) -> str | None:
+        """The matched route's template (`/products/{product_id}`); None when none matched."""
         template = getattr(self._get("route"), "path", None)
-        return template if isinstance(template, str) else self.path
+        return template if isinstance(template, str) else None
+
+    @property
+    def route(self) -> str:
+        """Route template, bounded in cardinality, or the raw path when no route matched."""
+        template = self.template
+        return template if template is not None else self.path
 
     @property
     def request_id(self) -> str:
@@ -173,6 +179,10 @@ class BackgroundScope(RequestScope):
     @property
     def path(self) -> str:
         return self.parent.path if self.parent is not None else "?"
+
+    @property
+    def template(self) -> str | None:
+        return self.parent.template if self.parent is not None else None
 
     @property
     def route(self) -> str:
@@ -233,6 +243,32 @@ def describe(request: RequestScope | None, task: object) -> Holder:
     get_name = getattr(task, "get_name", None)  # asyncio.Task
     name = get_name() if callable(get_name) else getattr(task, "name", None)  # threading.Thread
     return Holder(TASK, str(name) if name else "unknown", None)
+
+
+ROUTES_COUNTED = 100  # distinct keys per by-route counter: metric labels stay bounded
+OTHER_ROUTES = "(other routes)"
+OUTSIDE_REQUESTS = "(no request)"
+UNMATCHED_ROUTE = "(unmatched route)"
+
+
+def route_key(request: RequestScope | None) -> str:
+    """The key an owner is counted under, a metric label: method and route template. Never a
+    raw path (unbounded, and it may carry ids); threads and tasks share one key."""
+    if request is None:
+        return OUTSIDE_REQUESTS
+    template = request.template
+    if template is None:
+        return UNMATCHED_ROUTE
+    key = f"{request.method} {template}"
+    return f"background of {key}" if request.kind == BACKGROUND else key
+
+
+def count_by_route(counts: dict[str, int], request: RequestScope | None) -> None:
+    """One more for `request`'s route; past `ROUTES_COUNTED` routes, new ones count together."""
+    key = route_key(request)
+    if key not in counts and len(counts) >= ROUTES_COUNTED:
+        key = OTHER_ROUTES
+    counts[key] = counts.get(key, 0) + 1
 
 
 def owner_finished(request: RequestScope | None, task: object, threads: frozenset[int]) -> bool:

@@ -154,6 +154,10 @@ class PoolCounters:
     listener_errors: int
     long_holds: int = 0  # holds past the threshold by a live, working owner
     multi_pool_requests: int = 0
+    # By the holder's route ("GET /orders/{id}"; bounded, see `route_key`): which route leaks,
+    # which route waited in vain.
+    leaks_by_route: dict[str, int] = dataclasses.field(default_factory=dict)
+    timeouts_by_route: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,14 @@ from monitor.state.histogram import (
     WAIT_TIME_BUCKETS_S,
     Histogram,
 )
-from monitor.state.holders import Holder, RequestScope, describe, live_threads, owner_finished
+from monitor.state.holders import (
+    Holder,
+    RequestScope,
+    count_by_route,
+    describe,
+    live_threads,
+    owner_finished,
+)
 from monitor.state.records import (
     NO_SERVER_SESSION,
     ConnectionView,
@@ -213,6 +220,8 @@ class PoolTracker:
             0,
         )
         self._leaks_by_class: dict[str, int] = {leak_class.value: 0 for leak_class in LeakClass}
+        self._leaks_by_route: dict[str, int] = {}
+        self._timeouts_by_route: dict[str, int] = {}
 
     # ---- lifecycle (rare: under the lock) -------------------------------------------------
 
@@ -372,7 +381,7 @@ class PoolTracker:
         self.wait_time.observe(waited_s)
         if timed_out:
             waiter = describe(request, threading.get_ident() if task is None else task)
-            self._record_timeout(waited_s, waiter, site)
+            self._record_timeout(waited_s, waiter, site, request)
 
     # ---- statements --------------------------------------------------------------------------
 
@@ -437,6 +446,7 @@ class PoolTracker:
                     slot.leak = None  # checked in meanwhile (checkin does not take the lock)
                     continue
                 self._leaks_by_class[leak_class.value] += 1
+                count_by_route(self._leaks_by_route, holding[1])
                 record = self._leak_record(slot, leak, now)
                 found.append(record)
                 where = record.site[0] if record.site else "unknown site"
@@ -522,6 +532,8 @@ class PoolTracker:
             counters = PoolCounters(
                 checkouts=self._retired_checkouts + sum(s.checkouts for s in self._open.values()),
                 leaks_by_class=dict(self._leaks_by_class),
+                leaks_by_route=dict(self._leaks_by_route),
+                timeouts_by_route=dict(self._timeouts_by_route),
                 **self._count,
             )
             slow = tuple(
@@ -801,11 +813,14 @@ class PoolTracker:
                 )
             )
 
-    def _record_timeout(self, waited_s: float, waiter: Holder, raw_site: RawSite) -> None:
+    def _record_timeout(
+        self, waited_s: float, waiter: Holder, raw_site: RawSite, request: RequestScope | None
+    ) -> None:
         now = self._clock()
         site = format_site(raw_site)
         with self._lock:
             self._count["timeouts"] += 1
+            count_by_route(self._timeouts_by_route, request)
             holders = tuple(self._view(slot, now, None) for slot, _ in self._held())
             self._timeouts.appendleft(
                 PoolTimeoutRecord(self._to_wall(now), waited_s, holders, waiter, site)

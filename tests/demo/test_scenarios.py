@@ -41,6 +41,7 @@ def test_leak_is_reported_with_its_route_then_resolved_by_release(demo_client: T
         what="the leaked session in pool.leaks",
     )
     assert data["pool"]["checked_out"] == 1
+    assert data["pool"]["counters"]["leaks_by_route"]["POST /demo/leak"] >= 1
 
     assert post(demo_client, "/demo/release").json()["released"] == 1
     assert checked_out(demo_client) == 0
@@ -117,6 +118,11 @@ def test_exhaust_makes_crud_time_out_with_503(demo_client: TestClient) -> None:
     assert result["elapsed"] >= POOL_TIMEOUT_S  # the pool's timeout, honoured
     data = snapshot(demo_client)
     assert data["pool"]["counters"]["timeouts"] == timeouts_before + 1
+    # Counted by the route that waited, on /metrics too (a template, never the raw path).
+    assert data["pool"]["counters"]["timeouts_by_route"]["GET /products"] >= 1
+    exposed = demo_client.get("/metrics").text
+    assert 'sqlalchemy_pool_timeouts_by_route_total{db_client_connection_pool_name="' in exposed
+    assert 'http_route="GET /products"}' in exposed
     assert all(
         holder["holder"]["route"] == "POST /demo/exhaust"
         for holder in data["pool"]["timeouts"][0]["holders"]

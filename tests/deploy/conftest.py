@@ -44,6 +44,8 @@ POOL_METRICS = frozenset(
         "sqlalchemy_pool_accounting_drift",
         "sqlalchemy_pool_long_held_connections",
         "sqlalchemy_pool_long_holds_total",
+        "sqlalchemy_pool_leaks_by_route_total",
+        "sqlalchemy_pool_timeouts_by_route_total",
         "pool_monitor_listener_errors_total",
         "pool_monitor_orphan_sessions",
         "pool_monitor_phantom_connections",

@@ -176,10 +176,13 @@ def test_a_leak_past_the_threshold_is_exposed_by_class(engine: Engine, sample: S
     assert sum(
         sample(names.LEAKS_TOTAL, **POOL_LABELS, **{"class": c.value}) or 0 for c in LeakClass
     ) == 1  # fmt: skip
+    # Held by a thread, not a request: counted under the one key of work outside requests.
+    assert sample(names.LEAKS_BY_ROUTE_TOTAL, **POOL_LABELS, http_route="(no request)") == 1
 
 
 def test_pool_timeout_counts_and_pending_request_shows(engine: Engine, sample: Sample) -> None:
     assert sample(names.TIMEOUTS_TOTAL, **POOL_LABELS) == 0
+    assert sample(names.TIMEOUTS_BY_ROUTE_TOTAL, **POOL_LABELS, http_route="(no request)") is None
     waits_before = sample(names.WAIT_TIME_SECONDS + "_count", **POOL_LABELS) or 0
     failures: list[BaseException] = []
 
@@ -200,6 +203,7 @@ def test_pool_timeout_counts_and_pending_request_shows(engine: Engine, sample: S
         assert not waiter.is_alive()
     assert len(failures) == 1
     assert sample(names.TIMEOUTS_TOTAL, **POOL_LABELS) == 1
+    assert sample(names.TIMEOUTS_BY_ROUTE_TOTAL, **POOL_LABELS, http_route="(no request)") == 1
     assert sample(names.PENDING_REQUESTS, **POOL_LABELS) == 0
     # Every checkout is a wait: five held ones, then the one that timed out.
     assert sample(names.WAIT_TIME_SECONDS + "_count", **POOL_LABELS) == waits_before + 6

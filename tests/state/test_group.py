@@ -75,6 +75,7 @@ def test_merge_adds_counters_and_shows_every_live_worker(clock: FakeClock) -> No
     assert pool.checked_out == 3 and stats.checked_out == 2 and stats.max_connections == 10
     assert {c.worker for c in pool.connections if c.checked_out} == {1, 2}
     assert [leak.worker for leak in pool.leaks].count(2) == 2
+    assert pool.counters.leaks_by_route == {"(unmatched route)": 3}  # added key by key
     (slow,) = pool.slow_queries
     assert slow.count == 2 and slow.total_s == 4.0
     assert info.answered_by == 1 and info.workers == (1, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -82,6 +83,39 @@ def test_timeout_keeps_who_held_every_connection(tracker: PoolTracker, clock: Fa
         "POST /hold/1",
     ]
     assert all(view.held_for_s == pytest.approx(3) for view in record.holders)
+
+
+def test_leaks_and_timeouts_count_by_route_with_a_bounded_number_of_routes(
+    tracker: PoolTracker, clock: FakeClock
+) -> None:
+    def routed(method: str, template: str, path: str) -> RequestScope:
+        route = SimpleNamespace(path=template)  # what the router writes into the scope
+        return RequestScope({"type": "http", "method": method, "path": path, "route": route})
+
+    slot = _connect(tracker)
+    tracker.checkout(slot, routed("GET", "/slow/{n}", "/slow/1"), None, ())
+    clock.advance(6)
+    tracker.sweep()
+    tracker.wait_failed(1.0, timed_out=True, request=routed("POST", "/orders", "/orders"))
+    tracker.wait_failed(
+        1.0, timed_out=True, request=routed("GET", "/slow/{n}", "/slow/2").background()
+    )
+    tracker.wait_failed(1.0, timed_out=True, task="nightly-report")  # no request: one key
+    unmatched = RequestScope.named("GET", "/no/such/route/123", "r3")  # raw paths never count
+    tracker.wait_failed(1.0, timed_out=True, request=unmatched)
+    counters = tracker.snapshot().counters
+    assert counters.leaks_by_route == {"GET /slow/{n}": 1}
+    assert counters.timeouts_by_route == {
+        "POST /orders": 1,
+        "background of GET /slow/{n}": 1,
+        "(no request)": 1,
+        "(unmatched route)": 1,
+    }
+    for index in range(150):  # an app with very many routes: the labels stay bounded
+        tracker.wait_failed(1.0, timed_out=True, request=routed("GET", f"/r{index}", "/"))
+    by_route = tracker.snapshot().counters.timeouts_by_route
+    assert len(by_route) == 101 and by_route["(other routes)"] == 54
+    assert sum(by_route.values()) == 154
 
 
 def test_second_connection_of_a_request_is_flagged_once(tracker: PoolTracker) -> None:
