@@ -19,9 +19,19 @@ serve: $(STAMP)
 	$(BIN)/pool-monitor serve
 
 # Two workers (pytest-xdist), each on a database of its own; TEST_WORKERS=0 runs serially.
+# `test` is the developer's run: everything but the end-to-end cases (a real browser, several
+# server processes, descriptor floods); `test-slow` runs those; CI runs both (`test-all`).
 TEST_WORKERS ?= 2
+FAST_TESTS := not slow and not browser
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+.PHONY: test-slow test-all
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(PYTEST) -m "$(FAST_TESTS)" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PYTEST) -m "not ($(FAST_TESTS))" $(PYTEST_ARGS)
+
+test-all: test test-slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check monitor tests bench

@@ -47,7 +47,15 @@ def answers(url: str, status: int = 200) -> bool:
 def serve_in_thread(app: Any, *, startup_timeout_s: float = 20.0) -> Iterator[str]:
     """Run `app` with uvicorn in a daemon thread (lifespan included); yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # A browser that keeps polling must not hold the shutdown: in-flight requests get 5 s.
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

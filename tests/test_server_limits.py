@@ -46,6 +46,7 @@ def _idle_connections(port: int, count: int, stack: ExitStack) -> list[socket.so
     return opened
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_idle_connections_beyond_the_descriptor_limit_do_not_take_the_app_down(
     schema_url: URL,
@@ -64,6 +65,7 @@ def test_idle_connections_beyond_the_descriptor_limit_do_not_take_the_app_down(
     assert "Traceback" not in app.output
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_out_of_descriptors_logs_a_few_lines_not_a_flood(schema_url: URL) -> None:
     # A cap set above the open-files limit: accept() itself runs out of descriptors.

@@ -28,7 +28,7 @@ from monitor.selftest import DEMO_HEADERS
 from tests.conftest import url_string
 from tests.servers import answers, free_port, wait_for
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 WORKERS = 4
 

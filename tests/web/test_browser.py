@@ -109,6 +109,7 @@ def test_a_failed_poll_is_shown_until_one_succeeds(
         assert time.monotonic() - started >= POLL_TIMEOUT_MS / 1000 - 2.5
         expect(banner).to_contain_text("did not answer")
         page.unroute(polls)
+        page.close()  # no poll in flight while the server stops
 
 
 def test_demo_buttons_leak_then_release(
