@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -132,7 +132,8 @@ def build_server(clock: FakeClock) -> ServerHealthSnapshot:
 
 
 class BenchMonitor:
-    """What the collector needs of a `PoolMonitor`: `view()` builds a fresh view, as the real one."""
+    """What the collector needs (`monitor.sources.MetricsSource`): a fresh view per call, as the
+    real monitor builds."""
 
     probe_enabled = True
 
@@ -147,6 +148,9 @@ class BenchMonitor:
         pool = self._tracker.snapshot(self._states, detail=detail)
         return build_view(pool, self._stats, self._server, self._app)
 
+    def views(self, *, detail: bool = True) -> tuple[MonitorView, ...]:
+        return (self.view(detail=detail),)
+
 
 class FixedView:
     probe_enabled = True
@@ -154,8 +158,8 @@ class FixedView:
     def __init__(self, view: MonitorView) -> None:
         self._view = view
 
-    def view(self, *, detail: bool = True) -> MonitorView:
-        return self._view
+    def views(self, *, detail: bool = True) -> tuple[MonitorView, ...]:
+        return (self._view,)
 
 
 def timings_ms(work: Any, rounds: int) -> list[float]:
@@ -175,7 +179,7 @@ def scrape(rounds: int = 200) -> list[Verdict]:
     tracker = build_tracker(clock)
     monitor = BenchMonitor(tracker, build_server(clock))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MonitorCollector(lambda: cast(PoolMonitor, monitor)))
+    registry.register(MonitorCollector(lambda: monitor))
 
     view = monitor.view()
     body = generate_latest(registry)
@@ -190,7 +194,7 @@ def scrape(rounds: int = 200) -> list[Verdict]:
         generate_latest(registry)
     # The same families from one fixed view: what the collector and the text format cost alone.
     fixed = CollectorRegistry(auto_describe=False)
-    fixed.register(MonitorCollector(lambda: cast(PoolMonitor, FixedView(view))))
+    fixed.register(MonitorCollector(lambda: FixedView(view)))
     rows = {
         "monitor.view() (dashboard)": timings_ms(monitor.view, rounds),
         "monitor.view(detail=False)": timings_ms(lambda: monitor.view(detail=False), rounds),

@@ -10,20 +10,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from monitor.instrumentation.pools_seen import ignore_pool
 from monitor.probes.pgbouncer import PgBouncerProbe
 from monitor.probes.runner import ServerProbe
 from monitor.probes.scheduler import start_scheduler, stop_scheduler
 from monitor.process_group import PUBLISH_INTERVAL_S, STALE_AFTER_S, ProbeLeadership
+from monitor.sources import PoolSource
 from monitor.state.server import ServerHealth
 from monitor.urls import mask_url
 from monitor.watched_pool import WatchedPool
-
-if TYPE_CHECKING:
-    from monitor.pool_monitor import PoolMonitor
 
 PROBE_APPLICATION_NAME = "pool-monitor-probe"
 PROBE_JOB = "server-probe"
@@ -35,7 +33,9 @@ log = logging.getLogger(__name__)
 
 
 class Background:
-    def __init__(self, monitor: PoolMonitor) -> None:
+    """The scheduled jobs over one source's pools; `restart()` picks up pools added since."""
+
+    def __init__(self, monitor: PoolSource) -> None:
         self._monitor = monitor
         self._probes: dict[str, ServerProbe] = {}  # by job id
         self._leaderships: list[ProbeLeadership] = []
@@ -176,7 +176,7 @@ class Background:
         return run
 
 
-def _by_server(pools: tuple[WatchedPool, ...]) -> list[tuple[ServerHealth, list[WatchedPool]]]:
+def _by_server(pools: Sequence[WatchedPool]) -> list[tuple[ServerHealth, list[WatchedPool]]]:
     """The pools grouped by the server health they share (one probe each), in pool order."""
     groups: dict[int, tuple[ServerHealth, list[WatchedPool]]] = {}
     for watched in pools:

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import os
+import site
 import sys
 import sysconfig
 import threading
@@ -16,13 +17,17 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
+from monitor.background import Background
+from monitor.instrumentation.attribution import allow_long_hold
 from monitor.instrumentation.pool_listeners import PoolListeners
 from monitor.instrumentation.pool_stats import pool_checked_out, queue_waiters
 from monitor.instrumentation.pools_seen import pools_observed, watch_pools
 from monitor.instrumentation.statements import StatementListeners
+from monitor.metrics.collector import MonitorCollector
 from monitor.process_group import GroupMember, group_directory
 from monitor.state.group import WorkerReport
 from monitor.state.pgbouncer import PgBouncerHealth, PgBouncerHealthSnapshot
@@ -44,6 +49,7 @@ from monitor.watched_pool import (
     server_states,
     unique_name,
 )
+from monitor.web.install import ROUTE_TAG, claim_metrics_path, install_monitor, warn_if_open
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -57,8 +63,6 @@ def _library_prefixes(extra: Sequence[str] = ()) -> tuple[str, ...]:
     """Frames from these directories are not 'the line of code that took the connection':
     wherever packages are installed (site-packages, dist-packages), the standard library, the
     monitor itself, and SQLAlchemy wherever it lives; `extra` adds the user's own."""
-    import sqlalchemy
-
     here = Path(__file__).resolve().parent
     paths = sysconfig.get_paths()
     dirs = {
@@ -80,8 +84,6 @@ def _as_dir(path: str) -> str:
 def _install_dirs() -> set[str]:
     """Every directory packages are installed into: site.getsitepackages() misses the
     virtualenv, the user's site and Debian's dist-packages on some interpreters."""
-    import site
-
     dirs = set(getattr(site, "getsitepackages", list)())
     user_site = getattr(site, "getusersitepackages", lambda: None)()
     if isinstance(user_site, str):
@@ -101,6 +103,7 @@ def _app_prefixes(extra: Sequence[str] = ()) -> tuple[str, ...]:
 def _parent_greenlet_frame() -> FrameType | None:
     """The suspended frame of the greenlet that called into SQLAlchemy's async bridge."""
     try:
+        # Here, not at the top: greenlet comes with the async extra only (see AsyncEngine above).
         from greenlet import getcurrent
     except ImportError:
         return None
@@ -176,7 +179,7 @@ class PoolMonitor:
         # PgBouncer's admin console (`pgbouncer` database), read on the probe's schedule.
         self.pgbouncer_url: URL | None = make_url(pgbouncer_url) if pgbouncer_url else None
         self.pgbouncer_health = PgBouncerHealth() if self.pgbouncer_url is not None else None
-        self._background: Any = None
+        self._background: Background | None = None
         # Set while started as one worker of several (uvicorn/gunicorn workers, MONITOR_GROUP_DIR).
         self._group_dir: Path | None = None
         self._host: PoolMonitor | None = None  # set when installed into an app that had one
@@ -263,8 +266,6 @@ class PoolMonitor:
     def long_hold(ceiling_s: float) -> Callable[[], Any]:
         """Route dependency: this route may hold a connection up to `ceiling_s`
         (`dependencies=[Depends(monitor.long_hold(120))]`)."""
-        from monitor.instrumentation.attribution import allow_long_hold
-
         return allow_long_hold(ceiling_s)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -272,8 +273,6 @@ class PoolMonitor:
     def start(self) -> None:
         """Start the periodic leak sweep and (unless disabled) the server probes; as one worker
         of several, join the process group (one report per pool, one prober per database)."""
-        from monitor.background import Background
-
         if self._host is not None:
             return  # the app's first monitor probes and sweeps this one's pools
         if self._background is None:
@@ -332,8 +331,6 @@ class PoolMonitor:
         apps that name operations after their first tag keep working) and stay out of the app's
         OpenAPI schema unless `include_in_schema`. A second monitor installed into the same app
         joins the first: its pools show on the same dashboard and `/metrics`."""
-        from monitor.web.install import ROUTE_TAG, claim_metrics_path, install_monitor, warn_if_open
-
         host = getattr(app.state, "pool_monitor", None)
         if isinstance(host, PoolMonitor) and host is not self:
             host._join(self)
@@ -350,7 +347,7 @@ class PoolMonitor:
         @asynccontextmanager
         async def lifespan(inner_app: Any) -> AsyncIterator[Any]:
             claim_metrics_path(inner_app, metrics_path)  # routes the app added after install()
-            warn_if_open(inner_app, self)
+            warn_if_open(inner_app, self.dashboard_token)
             self.start()
             try:
                 async with original(inner_app) as state:
@@ -487,8 +484,6 @@ class PoolMonitor:
     def collector(self) -> Collector:
         """A Prometheus collector of every pool, for an app that serves its own /metrics:
         `registry.register(monitor.collector())` (use with `install(app, metrics_path=None)`)."""
-        from monitor.metrics.collector import MonitorCollector
-
         return MonitorCollector(lambda: self)
 
     def server_states(self) -> dict[int, str | None] | None:

@@ -21,6 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from monitor.instrumentation import attachments
+from monitor.pool_monitor import PoolMonitor
 from monitor.state.records import ConnectionView, PoolSnapshot
 from monitor.state.sites import Frame
 from monitor.state.tracker import PoolTracker, classify
@@ -278,8 +279,6 @@ class SuiteWatch:
     def _attach_passive(
         self, engine: Engine, pool_name: str
     ) -> tuple[PoolTracker, tuple[weakref.ref[Any], ...]]:
-        from monitor.pool_monitor import PoolMonitor
-
         self._internal.active = True
         try:
             monitor = PoolMonitor(
@@ -287,8 +286,9 @@ class SuiteWatch:
             )
         finally:
             self._internal.active = False
-        parts = (monitor._pool_listeners, monitor._statement_listeners)
-        return monitor.tracker, tuple(weakref.ref(part) for part in parts)
+        watched = monitor.pool()
+        parts = (watched.pool_listeners, watched.statement_listeners)
+        return watched.tracker, tuple(weakref.ref(part) for part in parts)
 
     # ---- a monitor of the app's own on a watched engine (monitor.instrumentation.attachments)
 

@@ -1,4 +1,4 @@
-"""Prometheus view of the monitor: one `PoolMonitor.view()` per scrape, no metric state kept.
+"""Prometheus view of the monitor: its `views()` once per scrape, no metric state kept.
 
 Reads only in-memory snapshots: a scrape never touches the database or waits for a connection.
 """
@@ -9,7 +9,6 @@ import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from monitor.metrics import names
 from monitor.metrics.pgbouncer import pgbouncer_families
+from monitor.sources import MetricsSource
 from monitor.state.histogram import HistogramSnapshot
 from monitor.state.records import LeakClass
 from monitor.state.server import (
@@ -32,16 +32,13 @@ from monitor.state.server import (
 )
 from monitor.state.view import MonitorView
 
-if TYPE_CHECKING:
-    from monitor.pool_monitor import PoolMonitor
-
 _POOL = [names.POOL_NAME]
 
 
 class MonitorCollector(Collector):
     """Yields every pool, server and probe family from one view; nothing until a monitor exists."""
 
-    def __init__(self, get_monitor: Callable[[], PoolMonitor | None]) -> None:
+    def __init__(self, get_monitor: Callable[[], MetricsSource | None]) -> None:
         self._get_monitor = get_monitor
 
     def collect(self) -> Iterator[Metric]:
@@ -50,11 +47,8 @@ class MonitorCollector(Collector):
             return
         yield from merged(self._families(monitor))
 
-    def _families(self, monitor: PoolMonitor) -> Iterator[Metric]:
-        # Anything with `view()` will do (benchmarks and tests pass stand-ins); `views()` when
-        # it watches several pools.
-        views = getattr(monitor, "views", None)
-        for view in views(detail=False) if views is not None else (monitor.view(detail=False),):
+    def _families(self, monitor: MetricsSource) -> Iterator[Metric]:
+        for view in monitor.views(detail=False):
             yield from pool_families(view)
             # Without a probe there is no server view: an up of 0 would claim the server is down.
             if monitor.probe_enabled:

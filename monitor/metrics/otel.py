@@ -10,10 +10,10 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
+from monitor.sources import ViewSource
 from monitor.state.histogram import (
     CREATE_TIME_BUCKETS_S,
     USE_TIME_BUCKETS_S,
@@ -21,9 +21,6 @@ from monitor.state.histogram import (
     HistogramSnapshot,
 )
 from monitor.state.view import MonitorView
-
-if TYPE_CHECKING:
-    from monitor.pool_monitor import PoolMonitor
 
 SCOPE = "pool-monitor"
 # Attribute names of the current semantic conventions (rendered for Prometheus as names.POOL_NAME
@@ -55,7 +52,7 @@ class PoolInstruments:
     """Observable instruments over one monitor; `register` them on a Meter once."""
 
     def __init__(
-        self, get_monitor: Callable[[], PoolMonitor | None], *, histograms: bool = True
+        self, get_monitor: Callable[[], ViewSource | None], *, histograms: bool = True
     ) -> None:
         self._get_monitor = get_monitor
         self._with_histograms = histograms
@@ -146,13 +143,7 @@ class PoolInstruments:
     def _read(self) -> tuple[MonitorView, ...]:
         """Every pool's view (a monitor may watch several engines), kept for this collection."""
         monitor = self._get_monitor()
-        views = getattr(monitor, "views", None)
-        if monitor is None:
-            self._views = ()
-        elif views is not None:
-            self._views = views(detail=False)
-        else:
-            self._views = (monitor.view(detail=False),)
+        self._views = tuple(monitor.views(detail=False)) if monitor is not None else ()
         for view in self._views if self._with_histograms else ():
             pool = view.pool
             for name, snapshot in (
@@ -212,7 +203,7 @@ def replay_values(bounds: tuple[float, ...], counts: list[int], total: float) ->
         yield from [lo + share * (hi - lo)] * n_i
 
 
-def register(meter: Meter, monitor: PoolMonitor, *, histograms: bool = True) -> PoolInstruments:
+def register(meter: Meter, monitor: ViewSource, *, histograms: bool = True) -> PoolInstruments:
     """The pool instruments of `monitor` on `meter` (`meter_provider.get_meter(SCOPE)`)."""
     instruments = PoolInstruments(lambda: monitor, histograms=histograms)
     instruments.register(meter)

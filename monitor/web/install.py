@@ -12,13 +12,13 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
-from starlette.routing import Match
-
 from monitor.instrumentation.attribution import AttributionMiddleware
+from monitor.sources import MonitorSurface
 
+# FastAPI and Starlette load when an app is installed into, not when this module is: the facade
+# imports it, and a monitor used without an app (the pytest plugin's) never needs them.
 if TYPE_CHECKING:
-    from monitor.pool_monitor import PoolMonitor
+    from fastapi import FastAPI
 
 log = logging.getLogger("monitor")
 
@@ -72,12 +72,13 @@ def add_monitor_routes(
 
 def install_monitor(
     app: FastAPI,
-    monitor: PoolMonitor,
+    monitor: MonitorSurface,
     *,
     metrics_path: str | None = "/metrics",
     include_in_schema: bool = False,
     tags: Sequence[str] = (ROUTE_TAG,),
 ) -> None:
+    """Serve `monitor` on the app's /monitor routes and metrics path."""
     app.state.pool_monitor = monitor
     add_monitor_routes(
         app, metrics_path=metrics_path, include_in_schema=include_in_schema, tags=tags
@@ -101,6 +102,8 @@ def claim_metrics_path(app: Any, metrics_path: str | None) -> None:
 def _owner_of(app: Any, path: str, besides: Sequence[Any] = ()) -> Any:
     """The app's route, mount or included router that answers GET `path`, if any. Asked through
     each route's own `matches` (routers of recent FastAPI versions are not flat lists)."""
+    from starlette.routing import Match  # only while installing (see the imports above)
+
     # A mount at /metrics answers /metrics/ (and /metrics through the router's redirect).
     scopes = [
         {"type": "http", "method": "GET", "path": p, "root_path": "", "headers": []}
@@ -129,10 +132,10 @@ def _warn_metrics_path_taken(path: str) -> None:
     )
 
 
-def warn_if_open(app: Any, monitor: PoolMonitor) -> None:
-    """At startup: without a dashboard token, say once that the dashboard, JSON API and metrics
-    answer anyone, when the server listens beyond loopback."""
-    if monitor.dashboard_token or _dashboard_token_setting(app):
+def warn_if_open(app: Any, dashboard_token: str | None) -> None:
+    """At startup: without a dashboard token (the monitor's or the settings'), say once that the
+    dashboard, JSON API and metrics answer anyone, when the server listens beyond loopback."""
+    if dashboard_token or _dashboard_token_setting(app):
         return
     host = _bind_host(app)
     if host is not None:

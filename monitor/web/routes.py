@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from monitor.sources import DashboardSource
 from monitor.state.view import MonitorView
 from monitor.web import views
 from monitor.web.auth import authorize
@@ -55,6 +56,12 @@ _NO_STORE = {"Cache-Control": "no-store"}
 _history_lock = threading.Lock()
 
 
+def _source(request: Request) -> DashboardSource | None:
+    """The monitor the app serves (set by install or the lifespan; None until then)."""
+    source: DashboardSource | None = getattr(request.app.state, "pool_monitor", None)
+    return source
+
+
 def mount_static(app: FastAPI) -> None:
     """Serve `static/` (htmx, CSS) at /monitor/static; public, it holds no data."""
     app.mount("/monitor/static", StaticFiles(directory=asset_dir("static")), name="monitor_static")
@@ -95,8 +102,8 @@ def _context(request: Request, view: MonitorView) -> RenderContext:
 def _page_globals(request: Request) -> dict[str, Any]:
     root = request.scope.get("root_path", "")
     base = root + "/monitor"
-    monitor = getattr(request.app.state, "pool_monitor", None)
-    pools = [p.name for p in getattr(monitor, "pools", ())]
+    monitor = _source(request)
+    pools = [p.name for p in monitor.pools] if monitor is not None else []
     selected = request.query_params.get("pool")
     return {
         # The pool switcher: shown with several pools; the poll asks for the pool on show.
@@ -118,11 +125,11 @@ def _page_globals(request: Request) -> dict[str, Any]:
 
 def _monitor_view(request: Request) -> tuple[MonitorView | None, str | None]:
     """The monitor's view, or None and the reason to show instead (never an exception)."""
-    monitor = getattr(request.app.state, "pool_monitor", None)
+    monitor = _source(request)
     if monitor is None:
         return None, "The monitor is not running in this process (no pool_monitor on the app)."
     try:
-        view: MonitorView = monitor.view(pool=request.query_params.get("pool"))
+        view = monitor.view(pool=request.query_params.get("pool"))
     except KeyError:
         return None, "No pool of that name: pick one of the pools listed above."
     except Exception as exc:
@@ -248,7 +255,7 @@ def snapshot(request: Request) -> Any:
     denied = authorize(request)
     if denied is not None:
         return denied
-    monitor = getattr(request.app.state, "pool_monitor", None)
+    monitor = _source(request)
     if monitor is None:
         return JSONResponse({"detail": "monitor not started"}, status_code=503)
     return monitor.snapshot()

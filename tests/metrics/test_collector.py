@@ -37,8 +37,8 @@ class _Replaced:
         self._change = change
         self.probe_enabled = probe
 
-    def view(self, *, detail: bool = True) -> MonitorView:
-        return self._change(self._monitor.view(detail=detail))
+    def views(self, *, detail: bool = True) -> tuple[MonitorView, ...]:
+        return (self._change(self._monitor.view(detail=detail)),)
 
 
 def _registry_of(source: Any) -> CollectorRegistry:
