@@ -80,18 +80,37 @@ class AppProcess:
         env: dict[str, str],
         *extra: str,
         preexec_fn: Callable[[], None] | None = None,
+        port_from_env: bool = False,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        port_args = [] if port_from_env else ["--port", str(self.port)]
+        port_env = {"PORT": str(self.port)} if port_from_env else {}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "monitor", command, "--port", str(self.port), *extra],
-            env={**os.environ, **env},
+            [sys.executable, "-m", "monitor", command, *port_args, *extra],
+            env={**os.environ, **env, **port_env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             preexec_fn=preexec_fn,  # e.g. a lower open-files limit for the child only
         )
+        # Read as it comes, so a test can wait for a line while the app runs.
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, name="app-output", daemon=True)
+        self._reader.start()
         self.output = ""
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.append(line)
+
+    def output_so_far(self) -> str:
+        return "".join(self._lines)
+
+    def wait_for_output(self, text: str, timeout_s: float = 30.0) -> bool:
+        """Until `text` appears in the app's output (bounded); False if it never did."""
+        return wait_for(lambda: text in self.output_so_far(), timeout_s, 0.1)
 
     def wait_ready(self, path: str = "/healthz", timeout_s: float = 30.0) -> None:
         if not wait_for(
@@ -99,17 +118,20 @@ class AppProcess:
         ):
             raise AssertionError(f"{self.base}{path} did not answer within {timeout_s} s")
         if self.process.poll() is not None:
-            raise AssertionError(f"the app exited early:\n{self.process.communicate()[0][-3000:]}")
+            self._reader.join(5)
+            raise AssertionError(f"the app exited early:\n{self.output_so_far()[-3000:]}")
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """SIGTERM, wait, collect the output; returns the exit status."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            self.output, _ = self.process.communicate(timeout=timeout_s)
+            self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.output, _ = self.process.communicate(timeout=5)
+            self.process.wait(timeout=5)
+        self._reader.join(5)
+        self.output = self.output_so_far()
         return self.process.returncode
 
 

@@ -27,12 +27,12 @@ def test_serve_answers_health_and_crud(schema_url: URL) -> None:
             httpx.get(f"{app.base}/products/{created.json()['id']}", timeout=5).json()["name"]
             == "cli"
         )
+        assert app.wait_for_output(f"http://127.0.0.1:{app.port}/monitor/")  # start-up block
     finally:
         status = app.stop()
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells the signal.
     assert status in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in app.output
-    assert f"http://127.0.0.1:{app.port}/monitor/" in app.output
 
 
 def test_invalid_setting_is_a_clear_startup_error() -> None:
@@ -95,24 +95,16 @@ def test_port_from_the_environment_and_a_bad_one_refused(schema_url: URL) -> Non
         timeout=60,
     )
     assert result.returncode == 2 and "PORT='http'" in result.stderr
-    port = free_port()
-    app = AppProcess.__new__(AppProcess)  # PORT instead of --port
-    app.port, app.base, app.output = port, f"http://127.0.0.1:{port}", ""
-    app.process = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "serve"],
-        env={**os.environ, "PORT": str(port), "DATABASE_URL": url_string(schema_url)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    app = AppProcess("serve", {"DATABASE_URL": url_string(schema_url)}, port_from_env=True)
     try:
         app.wait_ready()
         assert httpx.get(f"{app.base}/products", timeout=5).status_code == 200
+        # The start-up block comes once the app answers (a thread polls /healthz for it).
+        assert app.wait_for_output(f"dashboard   http://127.0.0.1:{app.port}/monitor/")
     finally:
         app.stop()
-    # serve keeps the access log; the start-up block names the dashboard.
+    # serve keeps the access log.
     assert '"GET /products HTTP/1.1" 200' in app.output
-    assert f"dashboard   http://127.0.0.1:{port}/monitor/" in app.output
 
 
 def test_serve_with_workers_is_one_monitor(schema_url: URL, tmp_path: Path) -> None:
