@@ -45,7 +45,13 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "pytest-plugin": Scenario(
         "What does `pytest --pool-monitor` add to a suite's wall time? (goal <= 1.05x)",
-        lambda args: pool.pytest_plugin(*((2, 60) if args.quick else (5, 300))),
+        lambda args: (
+            pool.pytest_plugin_on_sqlalchemy(
+                *((2, pool.SQLALCHEMY_QUICK) if args.quick else (5, pool.SQLALCHEMY_ENGINE_TESTS))
+            )
+            if args.suite == "sqlalchemy"
+            else pool.pytest_plugin(*((2, 60) if args.quick else (5, 300)))
+        ),
     ),
     "request": Scenario(
         "What does it cost a served request? (throughput >= 0.97x, p99 +<= 1 ms)",
@@ -107,6 +113,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, help="soak: how long")
     parser.add_argument("--sessions", type=int, help="poll: idle server sessions to list")
     parser.add_argument("--through", choices=["pgbouncer"], help="probe: through PgBouncer")
+    parser.add_argument(
+        "--suite",
+        choices=["generated", "sqlalchemy"],
+        default="generated",
+        help="pytest-plugin: a generated suite, or SQLAlchemy's engine tests",
+    )
     parser.add_argument("--list", action="store_true", help="name the scenarios and stop")
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]

@@ -290,3 +290,43 @@ def pytest_plugin(rounds: int = 5, tests: int = 300) -> list[Verdict]:
             unit="x",
         )
     ]
+
+
+SQLALCHEMY_ENGINE_TESTS = (
+    "test/engine/test_execute.py",
+    "test/engine/test_transaction.py",
+    "test/engine/test_reconnect.py",
+    "test/engine/test_pool.py",
+)
+SQLALCHEMY_QUICK = ("test/engine/test_transaction.py",)
+
+
+def pytest_plugin_on_sqlalchemy(rounds: int, files: tuple[str, ...]) -> list[Verdict]:
+    """Wall time of SQLAlchemy's own engine tests (psycopg2, a fresh database on the configured
+    server; sources from the installed release's sdist) without and with `--pool-monitor`."""
+    from tests.sqlalchemy_suite.compare import own_database, suite_sources
+
+    tree = suite_sources()
+    dburi = make_url(URL).set(drivername="postgresql+psycopg2")
+    ratios = []
+    with own_database(dburi.render_as_string(hide_password=False)) as database:
+        # -s: no user site, so SQLAlchemy's conftest runs the installed package, not the sdist's.
+        command = [sys.executable, "-s", "-m", "pytest", *files, "-p", "no:cacheprovider", "-q"]
+        command.append(f"--dburi={database}")
+        env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+        for _ in range(rounds):
+            off = _timed(command, tree, env)
+            on = _timed([*command, "--pool-monitor=report"], tree, env)
+            ratios.append(on / off)
+            print(f"SQLAlchemy engine tests: off {off:.2f} s, on {on:.2f} s, ratio {on / off:.3f}")
+    name = f"pytest --pool-monitor (SQLAlchemy's {len(files)} engine test file(s))"
+    return [judge(name, [[r] for r in ratios], PLUGIN_GOAL, at_least=False, digits=3, unit="x")]
+
+
+def _timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if result.returncode not in (0, 1):  # 1: the suite's own failures, the same both ways
+        sys.exit(f"pytest exited {result.returncode}:\n{result.stdout[-2000:]}")
+    return elapsed

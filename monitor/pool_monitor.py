@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -63,6 +64,13 @@ def _library_prefixes(extra: Sequence[str] = ()) -> tuple[str, ...]:
     """Frames from these directories are not 'the line of code that took the connection':
     wherever packages are installed (site-packages, dist-packages), the standard library, the
     monitor itself, and SQLAlchemy wherever it lives; `extra` adds the user's own."""
+    # Resolving the directories takes about a millisecond: once per sys.path, not per engine
+    # (a test suite creates hundreds of engines).
+    return _prefixes_for(tuple(extra), tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=8)
+def _prefixes_for(extra: tuple[str, ...], _search_path: tuple[str, ...]) -> tuple[str, ...]:
     here = Path(__file__).resolve().parent
     paths = sysconfig.get_paths()
     dirs = {

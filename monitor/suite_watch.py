@@ -159,7 +159,8 @@ class _Watched:
     tracker: weakref.ref[PoolTracker]
     pool_name: str
     is_postgres: bool
-    seen: dict[str, int] = field(default_factory=dict)  # counters already attributed
+    # Reclaims, timeouts and multi-connection requests already attributed (event_counts()).
+    seen: tuple[int, int, int] = (0, 0, 0)
     holds: dict[tuple[int, int], _Hold] = field(default_factory=dict)  # (slot_id, checkouts)
     # Returned holds that sat idle in a transaction: reported when their owner finishes.
     retired: list[_Hold] = field(default_factory=list)
@@ -171,12 +172,7 @@ class _Watched:
         """Read `tracker` from now on: its slots and counts are its own."""
         self.tracker = weakref.ref(tracker)
         self.holds.clear()
-        counters = tracker.snapshot(detail=False).counters
-        self.seen = {
-            GC_RECLAIMED: counters.gc_reclaimed,
-            POOL_TIMEOUT: counters.timeouts,
-            MULTI_CONNECTION: counters.multi_connection_requests,
-        }
+        self.seen = tracker.event_counts()
 
 
 SESSION_OWNER = Owner("session", "import and collection", "session", "")
@@ -367,10 +363,7 @@ class SuiteWatch:
         end (garbage-collected connections, pool timeouts, multi-connection requests)."""
         findings: list[Finding] = []
         for entry, tracker in self._live():
-            snapshot = tracker.snapshot(detail=False)
-            held = {
-                (view.slot_id, view.checkouts) for view in snapshot.connections if view.checked_out
-            }
+            held = tracker.checked_out_keys()  # at every phase of every test: no snapshot
             for key in list(entry.holds):
                 if key not in held:
                     hold = entry.holds.pop(key)
@@ -379,22 +372,18 @@ class SuiteWatch:
             for key in held:
                 if key not in entry.holds:
                     entry.holds[key] = _Hold(owner)
-            findings.extend(self._new_events(entry, tracker, snapshot, owner))
+            findings.extend(self._new_events(entry, tracker, owner))
         return findings
 
-    def _new_events(
-        self, entry: _Watched, tracker: PoolTracker, snapshot: PoolSnapshot, owner: Owner
-    ) -> list[Finding]:
-        counters = snapshot.counters
-        now = {
-            GC_RECLAIMED: counters.gc_reclaimed,
-            POOL_TIMEOUT: counters.timeouts,
-            MULTI_CONNECTION: counters.multi_connection_requests,
-        }
-        new = {kind: count - entry.seen.get(kind, 0) for kind, count in now.items()}
-        entry.seen.update(now)
-        if not any(count > 0 for count in new.values()):
+    def _new_events(self, entry: _Watched, tracker: PoolTracker, owner: Owner) -> list[Finding]:
+        counts = tracker.event_counts()
+        if counts == entry.seen:  # nearly always: asked at every phase of every test
             return []
+        reclaimed, timed_out, several = (
+            now - was for now, was in zip(counts, entry.seen, strict=True)
+        )
+        new = {GC_RECLAIMED: reclaimed, POOL_TIMEOUT: timed_out, MULTI_CONNECTION: several}
+        entry.seen = counts
         detail = tracker.snapshot()
         findings: list[Finding] = []
         for reclaim in detail.gc_reclaims[: new[GC_RECLAIMED]]:
@@ -431,8 +420,12 @@ class SuiteWatch:
         collector took back, and which connections of longer-lived owners (session or module
         fixtures) sit idle in a transaction."""
         findings = self.phase_ended(owner)
-        if self._owned(owner):
-            gc.collect()  # a session dropped without close() is reclaimed now, not later
+        # A session dropped without close() is reclaimed now, not later. The young generations
+        # first: a full collection of a big test process costs 100 ms or more.
+        for generation in (1, 2):
+            if not self._owned(owner):
+                break
+            gc.collect(generation)
             findings += self.phase_ended(owner)
         now = time.monotonic()
         for entry, tracker in self._live():

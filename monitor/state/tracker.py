@@ -613,6 +613,17 @@ class PoolTracker:
         with self._lock:
             return {slot.pid for slot in self._open.values() if slot.pid is not None}
 
+    def checked_out_keys(self) -> frozenset[tuple[int, int]]:
+        """(slot id, checkout number) of every checkout held now: what a caller asking at every
+        test phase needs (the pytest plugin), without the cost of a snapshot."""
+        with self._lock:
+            return frozenset((slot.id, slot.checkouts) for slot, _ in self._held())
+
+    def event_counts(self) -> tuple[int, int, int]:
+        """Garbage-collected reclaims, pool timeouts and multi-connection requests so far."""
+        count = self._count
+        return count["gc_reclaimed"], count["timeouts"], count["multi_connection_requests"]
+
     def _held(self) -> list[tuple[Slot, Holding]]:
         """Checked-out slots and their holdings, oldest checkout first (under the lock)."""
         self._forget_returned_closed()
