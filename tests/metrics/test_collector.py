@@ -180,6 +180,9 @@ def test_a_leak_past_the_threshold_is_exposed_by_class(engine: Engine, sample: S
     assert sample(names.LEAKS_BY_ROUTE_TOTAL, **POOL_LABELS, http_route="(no request)") == 1
 
 
+@pytest.mark.pool_monitor_allow(
+    reason="holds the whole pool: the timeout counter under test", kinds="pool_timeout"
+)
 def test_pool_timeout_counts_and_pending_request_shows(engine: Engine, sample: Sample) -> None:
     assert sample(names.TIMEOUTS_TOTAL, **POOL_LABELS) == 0
     assert sample(names.TIMEOUTS_BY_ROUTE_TOTAL, **POOL_LABELS, http_route="(no request)") is None
