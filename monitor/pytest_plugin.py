@@ -137,9 +137,7 @@ class PoolMonitorFixture:
     def unwatch(self, engine: Engine | AsyncEngine) -> None:
         """Leave `engine` alone for the rest of the run: for a test of its own instrumentation
         (the plugin's monitor would be one more on its pool)."""
-        from monitor.pool_monitor import sync_engine_of
-
-        self._plugin.watch.unwatch(sync_engine_of(engine)[0])
+        self._plugin.watch.unwatch(engine)
 
 
 def _session_plugin(config: pytest.Config, mode: str) -> None:

@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from monitor.instrumentation import attachments
 from monitor.instrumentation.pools_seen import ignore_pool, uncounted
-from monitor.pool_monitor import PoolMonitor
+from monitor.pool_monitor import PoolMonitor, sync_engine_of
 from monitor.state.records import ConnectionView, PoolSnapshot
 from monitor.state.sites import Frame
 from monitor.state.tracker import PoolTracker, classify
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine  # types only: needs greenlet at run time
 
     from monitor.probes.runner import ServerProbe
 
@@ -324,9 +325,10 @@ class SuiteWatch:
         if entry is not None:
             self._take_passive_off(entry)
 
-    def unwatch(self, engine: Engine) -> None:
+    def unwatch(self, engine: Engine | AsyncEngine) -> None:
         """Leave `engine` alone from now on: the monitor's own plumbing (a probe, the readiness
         check), or an engine whose instrumentation a test inspects."""
+        engine = sync_engine_of(engine)[0]
         self._unwatched.add(engine)
         entry = self._entry(engine)
         if entry is None:
