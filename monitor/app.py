@@ -17,7 +17,7 @@ from monitor.demo.routes import products, users
 from monitor.demo.scenarios import SCENARIOS, install_demo, release_demo
 from monitor.embedded import EmbeddedPostgres
 from monitor.errors import install_error_handlers
-from monitor.instrumentation.pools_seen import ignore_pool
+from monitor.instrumentation.attachments import plumbing
 from monitor.pool_monitor import PoolMonitor
 from monitor.settings import Settings, parse_route_ceilings
 from monitor.urls import app_url, hide_dsn_in_pool_logs, mask_url
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_factory = make_session_factory(engine)
         app.state.schema = SchemaGate(engine)
         app.state.readiness_engine = _readiness_engine(url)
-        ignore_pool(app.state.readiness_engine.pool)
+        plumbing(app.state.readiness_engine)
         hide_dsn_in_pool_logs(app.state.readiness_engine)
         monitor = _attach_monitor(
             app, settings, engine, url, "embedded" if embedded else "DATABASE_URL"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from monitor.instrumentation.pools_seen import ignore_pool
+from monitor.instrumentation.attachments import plumbing
 from monitor.probes.pgbouncer import PgBouncerProbe
 from monitor.probes.runner import ServerProbe
 from monitor.probes.scheduler import start_scheduler, stop_scheduler
@@ -77,7 +77,7 @@ class Background:
                     timeout_s=monitor.probe_timeout_s,
                     application_name=PROBE_APPLICATION_NAME,
                 )
-                ignore_pool(probe.engine.pool)
+                plumbing(probe.engine)
                 self._probes[job_id] = probe
                 leadership = None
                 if monitor.group is not None:

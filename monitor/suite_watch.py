@@ -21,6 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from monitor.instrumentation import attachments
+from monitor.instrumentation.pools_seen import ignore_pool, uncounted
 from monitor.state.records import ConnectionView, PoolSnapshot
 from monitor.state.sites import Frame
 from monitor.state.tracker import PoolTracker, classify
@@ -139,6 +140,24 @@ class Finding:
             "allowed": self.allowed_reason,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Finding:
+        """The inverse of `to_dict` (findings an xdist worker sends to the controller)."""
+        owner = data["owner"]
+        return cls(
+            kind=data["kind"],
+            owner=Owner(owner["kind"], owner["name"], owner["scope"], owner["location"]),
+            pool_name=data["pool"],
+            leak_class=data["leak_class"],
+            held_for_s=data["held_for_s"],
+            site=tuple(data["site"]),
+            test_line=data["test_line"],
+            route=data["route"],
+            request_id=data["request_id"],
+            detail=data["detail"],
+            allowed_reason=data["allowed"],
+        )
+
 
 @dataclass(slots=True)
 class _Hold:
@@ -192,6 +211,8 @@ class SuiteWatch:
         self._probes: dict[str, ServerProbe] = {}
         self._names: dict[str, int] = {}
         self.findings: list[Finding] = []
+        # Engines a test or the monitor's plumbing asked to be left alone (never followed again).
+        self._unwatched: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._observed_at = 0.0
         self._restore: list[Callable[[], None]] = []
 
@@ -205,7 +226,9 @@ class SuiteWatch:
             return
         from sqlalchemy.engine.default import DefaultDialect
 
-        had_own = "engine_created" in DefaultDialect.__dict__
+        # The raw attribute, not the bound method: a watch installed over another one (a
+        # pytester run in this process) must give that one its classmethod back.
+        own = DefaultDialect.__dict__.get("engine_created")
         original = DefaultDialect.engine_created
         watch = self
 
@@ -216,8 +239,8 @@ class SuiteWatch:
         DefaultDialect.engine_created = classmethod(engine_created)  # type: ignore[method-assign,assignment]
 
         def restore() -> None:
-            if had_own:
-                DefaultDialect.engine_created = original  # type: ignore[method-assign]
+            if own is not None:
+                DefaultDialect.engine_created = own  # type: ignore[method-assign]
             else:
                 del DefaultDialect.engine_created
 
@@ -282,9 +305,14 @@ class SuiteWatch:
 
         self._internal.active = True
         try:
-            monitor = PoolMonitor(
-                engine, leak_threshold_s=self._leak_threshold_s, probe=False, pool_name=pool_name
-            )
+            # The app's "One engine per app" counts the pool once it connects, as without us.
+            with uncounted(engine.pool):
+                monitor = PoolMonitor(
+                    engine,
+                    leak_threshold_s=self._leak_threshold_s,
+                    probe=False,
+                    pool_name=pool_name,
+                )
         finally:
             self._internal.active = False
         parts = (monitor._pool_listeners, monitor._statement_listeners)
@@ -297,7 +325,22 @@ class SuiteWatch:
         if getattr(self._internal, "active", False):
             return
         entry = self._entry(engine)
-        if entry is None or not entry.passive:
+        if entry is not None:
+            self._take_passive_off(entry)
+
+    def unwatch(self, engine: Engine) -> None:
+        """Leave `engine` alone from now on: the monitor's own plumbing (a probe, the readiness
+        check), or an engine whose instrumentation a test inspects."""
+        self._unwatched.add(engine)
+        entry = self._entry(engine)
+        if entry is None:
+            return
+        self._take_passive_off(entry)
+        with self._lock:
+            self._watched = [e for e in self._watched if e is not entry]
+
+    def _take_passive_off(self, entry: _Watched) -> None:
+        if not entry.passive:
             return
         self._internal.active = True
         try:
@@ -310,7 +353,7 @@ class SuiteWatch:
         entry.passive = ()
 
     def attached(self, engine: Engine, tracker: PoolTracker) -> None:
-        if getattr(self._internal, "active", False):
+        if getattr(self._internal, "active", False) or engine in self._unwatched:
             return
         entry = self._entry(engine)
         if entry is None:  # an engine made before the watch started
@@ -583,21 +626,31 @@ class SuiteWatch:
         """pid -> pg_stat_activity.state for the PostgreSQL pools that hold something now;
         one query per database, only when something is held."""
         states: dict[int, str | None] = {}
+        live: set[str] = set()
+        probed: set[str] = set()
         for entry, _ in self._live():
             engine = entry.engine()
-            if not entry.holds or not entry.is_postgres or engine is None:
+            if not entry.is_postgres or engine is None:
                 continue
-            probe = self._probe(engine)
+            key = _probe_key(engine)
+            live.add(key)
+            if not entry.holds or key in probed:
+                continue
+            probed.add(key)
+            probe = self._probe(key, engine)
             if probe is None:
                 continue
             probe.run_once()
             sample = probe.health.snapshot().last_sample
             if sample is not None:
                 states.update((backend.pid, backend.state) for backend in sample.backends)
+        # A probe keeps a connection open: once no live engine has its URL (a test's engine on
+        # a schema of its own), it goes, or a long suite would hold one per test.
+        for key in [key for key in self._probes if key not in live]:
+            self._probes.pop(key).close()
         return states
 
-    def _probe(self, engine: Engine) -> ServerProbe | None:
-        key = engine.url.render_as_string(hide_password=False)
+    def _probe(self, key: str, engine: Engine) -> ServerProbe | None:
         probe = self._probes.get(key)
         if probe is None:
             from monitor.probes.runner import ServerProbe
@@ -613,8 +666,14 @@ class SuiteWatch:
                 return None
             finally:
                 self._internal.active = False
+            # Not an engine of the app's: its "One engine per app" verdict must not count it.
+            ignore_pool(probe.engine.pool)
             self._probes[key] = probe
         return probe
+
+
+def _probe_key(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
 
 
 def _site_text(site: tuple[Frame, ...]) -> str:

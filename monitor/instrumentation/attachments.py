@@ -1,12 +1,15 @@
 """Who watches a pool: a passive watcher (the pytest plugin's) steps aside for a monitor the app
 attaches itself, follows that monitor's tracker, and returns when it detaches. Two monitors
-wrapping one pool would each count every checkout; called only on attach and detach."""
+wrapping one pool would each count every checkout; called only on attach and detach, and for
+the monitor's own engines (`plumbing`), which no watcher watches."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from typing import TYPE_CHECKING, Protocol
+
+from monitor.instrumentation.pools_seen import ignore_pool
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -22,6 +25,8 @@ class PoolWatcher(Protocol):
     def attached(self, engine: Engine, tracker: PoolTracker) -> None: ...
 
     def detached(self, engine: Engine, tracker: PoolTracker) -> None: ...
+
+    def unwatch(self, engine: Engine) -> None: ...
 
 
 _watchers: list[PoolWatcher] = []
@@ -52,6 +57,14 @@ def attached(engine: Engine, tracker: PoolTracker) -> None:
 def detached(engine: Engine, tracker: PoolTracker) -> None:
     for watcher in _current():
         _call(watcher.detached, engine, tracker)
+
+
+def plumbing(engine: Engine) -> None:
+    """`engine` is the monitor's own (a server probe, the readiness check), not the app's: no
+    pool count includes it and no watcher reports what it holds."""
+    ignore_pool(engine.pool)
+    for watcher in _current():
+        _call(watcher.unwatch, engine)
 
 
 def _current() -> list[PoolWatcher]:

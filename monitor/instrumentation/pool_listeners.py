@@ -128,7 +128,11 @@ class PoolListeners:
         if pool in self._wrapped_pools:
             return
         tracker = self._tracker
-        do_get = pool._do_get
+        # The pool by a weak reference and its methods as functions: a bound method in a
+        # wrapper stored on the pool is a reference cycle, and the pool `Engine.dispose()`
+        # replaces would outlive it (still counted as a pool of the app) until the collector ran.
+        pool_ref = weakref.ref(pool)
+        do_get = _as_function(pool, "_do_get")
         invoke_creator = pool._invoke_creator
         clock = tracker.clock  # one clock for the wait and the checkout time
         checkout = tracker.checkout
@@ -142,14 +146,14 @@ class PoolListeners:
         guard = self._guard
         books_of = self._books
         wrap_pool = self._wrap_pool
-        recreate = pool.recreate
+        recreate = _as_function(pool, "recreate")
         connecting = tracker.connecting
 
         # Every line here runs on every checkout: one frame, names bound in the closure.
         def _do_get() -> Any:
             started = clock()
             try:
-                record = do_get()
+                record: ConnectionPoolEntry = do_get(pool_ref())
             except BaseException as error:
                 try:
                     timed_out = isinstance(error, sa_exc.TimeoutError)
@@ -213,7 +217,7 @@ class PoolListeners:
         # `execution_options()` engine or a copy of it sharing the pool. Wrapping here, not the
         # engine's `dispose`, leaves each engine disposing its own pool.
         def _recreate() -> Pool:
-            new_pool = recreate()
+            new_pool: Pool = recreate(pool_ref())
             try:
                 wrap_pool(new_pool)
             except Exception:
@@ -359,3 +363,12 @@ def _task_or_thread() -> object:
     loop = asyncio._get_running_loop()
     task = asyncio.current_task(loop) if loop is not None else None
     return task if task is not None else threading.get_ident()
+
+
+def _as_function(pool: Pool, name: str) -> Callable[[Pool | None], Any]:
+    """`pool.<name>` as a function taking the pool, holding no reference to it."""
+    method = getattr(pool, name)
+    if getattr(method, "__self__", None) is pool:
+        function: Callable[[Pool | None], Any] = method.__func__
+        return function
+    return lambda _pool: method()  # an instance attribute already: called as it is

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import event
@@ -36,6 +38,26 @@ def watch_pools(current: Pool) -> None:
             event.listen(Pool, "first_connect", _on_first_connect)
             _installed = True
         _pools.add(current)
+
+
+@contextmanager
+def uncounted(pool: Pool) -> Iterator[None]:
+    """Attach a monitor that is not the app's (the pytest plugin's watch): pools count as they
+    would without it (`pool` from its first connection on, any pool only once the app's own
+    monitor started the count)."""
+    global _installed
+    with _lock:
+        counted = pool in _pools
+        installed = _installed
+    try:
+        yield
+    finally:
+        with _lock:
+            if not counted:
+                _pools.discard(pool)
+            if not installed and _installed:
+                event.remove(Pool, "first_connect", _on_first_connect)
+                _installed = False
 
 
 def ignore_pool(pool: Pool) -> None:

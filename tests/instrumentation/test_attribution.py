@@ -53,6 +53,10 @@ def test_checkout_knows_route_template_and_request_id(app: FastAPI) -> None:
         assert generated["request_id"] != "<script>" and generated["request_id"]
 
 
+@pytest.mark.pool_monitor_allow(
+    reason="GET /two holds two connections at once: the flag under test",
+    kinds="multi_connection_request",
+)
 def test_request_holding_two_connections_is_flagged(app: FastAPI, monitor: PoolMonitor) -> None:
     with TestClient(app) as client:
         client.get("/items/1")
@@ -75,6 +79,10 @@ def test_the_request_stays_with_its_own_task(
         assert view.holder is not None and view.holder.kind == "task"
 
 
+@pytest.mark.pool_monitor_allow(
+    reason="GET /keep/a keeps its connection past the request (the app fixture closes it)",
+    kinds="held_after_test",
+)
 def test_a_connection_held_past_its_request_still_names_it(
     app: FastAPI, monitor: PoolMonitor
 ) -> None:

@@ -17,6 +17,9 @@ def test_a_slow_statement_names_the_line_that_ran_it(engine: Engine, monitor: Po
     assert "pg_sleep" in group.last_site[0].source
 
 
+@pytest.mark.pool_monitor_allow(
+    reason="holds the whole pool: the timeout under test", kinds="pool_timeout"
+)
 def test_a_pool_timeout_names_the_line_that_waited(engine: Engine, monitor: PoolMonitor) -> None:
     held = [engine.connect() for _ in range(4)]  # pool_size 3 + max_overflow 1
     try:

@@ -178,6 +178,9 @@ def test_a_leak_past_the_threshold_is_exposed_by_class(engine: Engine, sample: S
     ) == 1  # fmt: skip
 
 
+@pytest.mark.pool_monitor_allow(
+    reason="holds the whole pool: the timeout counter under test", kinds="pool_timeout"
+)
 def test_pool_timeout_counts_and_pending_request_shows(engine: Engine, sample: Sample) -> None:
     assert sample(names.TIMEOUTS_TOTAL, **POOL_LABELS) == 0
     waits_before = sample(names.WAIT_TIME_SECONDS + "_count", **POOL_LABELS) or 0

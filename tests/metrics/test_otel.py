@@ -117,6 +117,9 @@ def _value(data: MetricsData | None, name: str, **attributes: str) -> float:
     return point.value
 
 
+@pytest.mark.pool_monitor_allow(
+    reason="holds the whole pool: the timeout counter under test", kinds="pool_timeout"
+)
 def test_in_memory_reader_sees_the_pool(monitor: PoolMonitor, engine: Engine) -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])

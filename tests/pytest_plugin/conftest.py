@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy.engine import URL
+from collections.abc import Iterator
 
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import Pool
+
+from monitor.instrumentation import pools_seen
+from monitor.suite_watch import SuiteWatch
 from tests.conftest import url_string
 
 SUITE_CONFTEST = """
@@ -66,3 +72,31 @@ def suite(
     pytester.makepyfile(test_suite=SUITE_TESTS)
     monkeypatch.setenv("PM_SUITE_URL", url_string(database_url))
     return pytester
+
+
+@pytest.fixture
+def watch() -> Iterator[SuiteWatch]:
+    """A watch of the test's own, installed over the one this suite runs under."""
+    own = SuiteWatch()
+    own.install()
+    yield own
+    own.uninstall()
+
+
+def _count_pools(on: bool) -> None:
+    """Start or stop `pools_seen`'s count, as a monitor of an app's starts it."""
+    if on and not pools_seen._installed:
+        event.listen(Pool, "first_connect", pools_seen._on_first_connect)
+    elif not on and pools_seen._installed:
+        event.remove(Pool, "first_connect", pools_seen._on_first_connect)
+    pools_seen._installed = on
+
+
+@pytest.fixture(params=[False, True], ids=["no app monitor yet", "an app monitor before"])
+def pools_counted(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Whether a monitor of an app's has started counting the process's pools (the test runs
+    both ways, the count put back as it was afterwards)."""
+    was = pools_seen._installed
+    _count_pools(request.param)
+    yield request.param
+    _count_pools(was)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy.engine import URL
+
+from tests.conftest import url_string
 
 pytestmark = pytest.mark.slow
 
@@ -162,3 +165,34 @@ def test_an_app_with_its_own_monitor_is_followed_not_doubled(suite: pytest.Pytes
         ("test_monitored.py::test_leak_through_a_monitored_app", "held_after_test", "GET /keep"),
         ("test_monitored.py::test_the_app_monitor_counts_once", "held_after_test", None),
     ]
+
+
+PLUMBING_TESTS = """
+import os
+
+from fastapi.testclient import TestClient
+
+from monitor.app import create_app
+from monitor.settings import Settings
+
+
+def test_the_monitors_own_engines_are_not_watched(pool_monitor):
+    before = len(pool_monitor.snapshots())
+    app = create_app(Settings(database_url=os.environ["PM_APP_URL"], probe_interval_s=0.5))
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+        # The app's engine only: not its readiness engine, not its monitor's server probe.
+        assert len(pool_monitor.snapshots()) == before + 1
+        assert app.state.pool_monitor.pool_name in [s.pool_name for s in pool_monitor.snapshots()]
+"""
+
+
+def test_the_app_monitors_probe_and_readiness_engines_are_left_alone(
+    suite: pytest.Pytester, schema_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PM_APP_URL", url_string(schema_url))
+    suite.makepyfile(test_plumbing=PLUMBING_TESTS)
+    result, findings = run(suite, "test_plumbing.py")
+
+    result.assert_outcomes(passed=1)
+    assert findings == []

@@ -112,3 +112,100 @@ def test_ini_setting_turns_it_on_and_off_is_silent(suite: pytest.Pytester) -> No
     result = suite.runpytest_subprocess("test_suite.py::test_gc_reclaimed")
     result.assert_outcomes(passed=1)
     assert "= pool-monitor =" not in result.stdout.str()
+
+
+KINDS_TESTS = """
+import gc
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from conftest import engine
+
+KEPT = []
+
+
+def drop_a_session():
+    session = Session(engine)
+    session.execute(text("SELECT 1"))
+    del session
+    gc.collect()
+
+
+@pytest.mark.pool_monitor_allow(reason="drops one on purpose", kinds="gc_reclaimed")
+def test_allowed_kind():
+    drop_a_session()
+
+
+@pytest.mark.pool_monitor_allow(reason="drops one on purpose", kinds=["gc_reclaimed"])
+def test_other_kind_still_fails():
+    drop_a_session()
+    conn = engine.connect()
+    KEPT.append(conn)
+
+
+@pytest.mark.pool_monitor_allow(reason="typo", kinds="gc_reclamed")
+def test_unknown_kind():
+    pass
+"""
+
+
+def test_the_allow_marker_can_name_the_kinds_it_allows(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_kinds=KINDS_TESTS)
+    result, findings = findings_of(suite, "--pool-monitor=fail", "test_kinds.py")
+
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    assert sorted(
+        (f["owner"]["name"].split("::")[1], f["kind"], f["allowed"]) for f in findings
+    ) == [
+        ("test_allowed_kind", "gc_reclaimed", "drops one on purpose"),
+        ("test_other_kind_still_fails", "gc_reclaimed", "drops one on purpose"),
+        ("test_other_kind_still_fails", "held_after_test", None),
+    ]
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_unknown_kind _*",
+            "pool_monitor_allow: unknown kind(s) gc_reclamed; expected some of held_after_test, *",
+            "*_ test_other_kind_still_fails _*",
+            "pool-monitor: test test_kinds.py::test_other_kind_still_fails left connections behind",
+            "[[]held_after_test[]] connection still checked out when the test ended*",
+        ]
+    )
+    assert "During handling of the above exception" not in result.stdout.str()
+
+
+FAILING_TESTS = """
+from sqlalchemy import text
+
+from conftest import engine
+
+KEPT = []
+
+
+def test_fails_while_holding():
+    conn = engine.connect()
+    conn.execute(text("SELECT 1"))
+    KEPT.append(conn)
+    assert 1 + 1 == 3, "the test's own failure"
+"""
+
+
+def test_a_failing_test_keeps_its_own_error_and_shows_the_finding_beside_it(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(test_failing=FAILING_TESTS)
+    result, findings = findings_of(suite, "--pool-monitor=fail", "test_failing.py")
+
+    result.assert_outcomes(failed=1)
+    assert [f["kind"] for f in findings] == ["held_after_test"]
+    output = result.stdout.str()
+    assert "During handling of the above exception" not in output
+    result.stdout.fnmatch_lines(
+        [
+            "E * AssertionError: the test's own failure",
+            "*- Captured pool-monitor call -*",
+            "[[]held_after_test[]] connection still checked out when the test ended*",
+            "FAILED test_failing.py::test_fails_while_holding - AssertionError*",
+        ]
+    )
