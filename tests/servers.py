@@ -43,6 +43,25 @@ def answers(url: str, status: int = 200) -> bool:
         return False
 
 
+class InFlight:
+    """ASGI wrapper counting the HTTP requests the app is still answering (a client that gave up
+    on one leaves the app working on it)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0  # changed on the server's event loop only
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+
+
 @contextmanager
 def serve_in_thread(app: Any, *, startup_timeout_s: float = 20.0) -> Iterator[str]:
     """Run `app` with uvicorn in a daemon thread (lifespan included); yields its base URL."""

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from monitor.app import create_app
 from monitor.settings import Settings
-from tests.servers import serve_in_thread
+from tests.servers import InFlight, serve_in_thread
 
 HTMX = {"HX-Request": "true"}
 HOLD_TTL_S = 3.0
@@ -56,7 +56,9 @@ def wait_for(
 
 @pytest.fixture
 def served_app(app_settings: Settings) -> Iterator[tuple[str, Any]]:
-    """The app served by uvicorn on a free loopback port, in a thread: (base URL, app)."""
+    """The app served by uvicorn on a free loopback port, in a thread: (base URL, app); the
+    requests it is still answering in `app.state.in_flight.count`."""
     app = create_app(app_settings)
-    with serve_in_thread(app) as base:
+    app.state.in_flight = InFlight(app)
+    with serve_in_thread(app.state.in_flight) as base:
         yield base, app

@@ -188,7 +188,9 @@ def test_cli_load_exits_non_zero_when_requests_fail_unexpectedly(
     assert "ReadTimeout" in captured.out
     assert "request(s) failed unexpectedly" in captured.err
     # The app still answers the requests the client gave up on: they end before the test does.
-    assert wait_for(lambda: app.state.engine.pool.checkedout() == 0, 30)
+    assert wait_for(
+        lambda: app.state.in_flight.count == 0 and app.state.engine.pool.checkedout() == 0, 30
+    )
 
 
 def test_background_load_is_gentle_and_stops(served_app: tuple[str, Any]) -> None:
