@@ -41,6 +41,10 @@ def run_bench(*args: str, database_url: URL, timeout_s: float = 220) -> str:
         (("probe", "--through", "pgbouncer", "--quick"), "| probe through PgBouncer | "),
         (("request", "--instrument", "bytecodes", "--quick"), "monitor/state/tracker.py"),
         (("workers", "--quick"), "| workers /metrics (8 x 200 connections) | "),
+        (
+            ("pytest-plugin", "--suite", "sqlalchemy", "--quick"),
+            "| pytest --pool-monitor (SQLAlchemy's 1 engine test file(s)) | ",
+        ),
     ],
 )
 def test_scenario_runs_and_ends_with_a_verdict(
