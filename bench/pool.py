@@ -250,22 +250,8 @@ def write_suite(directory: Path, tests: int) -> None:
 
 
 def run_suite_once(directory: Path, extra: list[str]) -> float:
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
-    started = time.perf_counter()
-    result = subprocess.run(
-        args,
-        cwd=directory,
-        env={**os.environ, "BENCH_URL": URL},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    elapsed = time.perf_counter() - started
-    if result.returncode not in (0, 1):  # 1: the suite's own failures, the same both ways
-        sys.exit(
-            f"pytest exited {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
-        )
-    return elapsed
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
+    return _timed(command, directory, {**os.environ, "BENCH_URL": URL})
 
 
 def pytest_plugin(rounds: int = 5, tests: int = 300) -> list[Verdict]:
@@ -328,5 +314,7 @@ def _timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if result.returncode not in (0, 1):  # 1: the suite's own failures, the same both ways
-        sys.exit(f"pytest exited {result.returncode}:\n{result.stdout[-2000:]}")
+        sys.exit(
+            f"pytest exited {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
     return elapsed

@@ -251,16 +251,19 @@ class _SessionPlugin:
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
         """xdist controller: a worker finished; its findings join the run's (a crashed one has
         none to give)."""
+        from monitor.state.codec import from_dict
         from monitor.suite_watch import Finding
 
         output = getattr(node, "workeroutput", None) or {}
-        self._from_workers += [Finding.from_dict(data) for data in output.get(_WORKER_OUTPUT, [])]
+        self._from_workers += [from_dict(Finding, data) for data in output.get(_WORKER_OUTPUT, [])]
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self._record(self.watch.session_finished())
         worker_output = getattr(self.config, "workeroutput", None)
         if worker_output is not None:  # an xdist worker: the controller reports for the run
-            worker_output[_WORKER_OUTPUT] = [f.to_dict() for f in self.watch.findings]
+            from monitor.state.codec import to_plain
+
+            worker_output[_WORKER_OUTPUT] = [to_plain(f) for f in self.watch.findings]
             return
         path = self.config.getoption("pool_monitor_report")
         if path:

@@ -21,7 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from monitor.instrumentation import attachments
-from monitor.instrumentation.pools_seen import ignore_pool, uncounted
+from monitor.instrumentation.pools_seen import uncounted
 from monitor.pool_monitor import PoolMonitor, sync_engine_of
 from monitor.state.records import ConnectionView, PoolSnapshot
 from monitor.state.sites import Frame
@@ -141,24 +141,6 @@ class Finding:
             "detail": self.detail,
             "allowed": self.allowed_reason,
         }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Finding:
-        """The inverse of `to_dict` (findings an xdist worker sends to the controller)."""
-        owner = data["owner"]
-        return cls(
-            kind=data["kind"],
-            owner=Owner(owner["kind"], owner["name"], owner["scope"], owner["location"]),
-            pool_name=data["pool"],
-            leak_class=data["leak_class"],
-            held_for_s=data["held_for_s"],
-            site=tuple(data["site"]),
-            test_line=data["test_line"],
-            route=data["route"],
-            request_id=data["request_id"],
-            detail=data["detail"],
-            allowed_reason=data["allowed"],
-        )
 
 
 @dataclass(slots=True)
@@ -662,7 +644,7 @@ class SuiteWatch:
             finally:
                 self._internal.active = False
             # Not an engine of the app's: its "One engine per app" verdict must not count it.
-            ignore_pool(probe.engine.pool)
+            attachments.plumbing(probe.engine)
             self._probes[key] = probe
         return probe
 

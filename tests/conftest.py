@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +101,14 @@ def schema_url(database_url: URL) -> Iterator[URL]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     admin.dispose()
+
+
+def python_in_fresh_process(code: str) -> None:
+    """Run `code` in a new interpreter (nothing imported yet); its assertions fail the test."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def url_string(url: URL) -> str:

@@ -7,12 +7,11 @@ the facade (even for a type hint) would tie it back to the one class that compos
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import monitor
+from tests.conftest import python_in_fresh_process
 
 PACKAGE = Path(monitor.__file__).resolve().parent
 FACADE = "monitor.pool_monitor"
@@ -119,7 +118,4 @@ def test_importing_the_facade_starts_nothing() -> None:
         "heavy = {'greenlet', 'sqlalchemy.ext.asyncio', 'fastapi', 'starlette'} & set(sys.modules);"
         "assert not heavy, heavy"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    python_in_fresh_process(code)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
+
+from tests.conftest import python_in_fresh_process
 
 
 def test_three_lines_on_an_existing_app(database_url: URL) -> None:
@@ -41,10 +40,7 @@ def test_importing_the_package_starts_nothing() -> None:
         "assert threading.active_count() == 1, threading.enumerate();"
         "assert 'sqlalchemy' not in sys.modules and 'fastapi' not in sys.modules, 'heavy import'"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    python_in_fresh_process(code)
 
 
 def test_invalid_thresholds_are_refused(database_url: URL) -> None:
